@@ -1,0 +1,14 @@
+"""The `cxrlab` command line. Only this package prints to the console or exits the process.
+
+Each stage has its own module here that registers its command on `app`; library errors
+(`CxrError`) become one line on stderr and exit code 1 (a traceback only with `--debug`).
+"""
+
+from __future__ import annotations
+
+from cxrlab.cli.app import app, main
+
+# Importing the command modules registers their commands on `app`.
+from cxrlab.cli import data_commands  # noqa: F401,E402  isort: skip
+
+__all__ = ["app", "main"]
