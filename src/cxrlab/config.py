@@ -1,0 +1,176 @@
+"""One experiment schema (data, model, optimiser, schedule, augmentation, training).
+
+The defaults are the documentation: one knob a line, with a comment saying why. YAML files
+and CLI flags both land here; unknown keys are rejected with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cxrlab.errors import ConfigError
+from cxrlab.labels import DEFAULT_TARGETS, parse_targets
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """What `cxrlab prepare` selects and caches."""
+
+    data_root: str | None = None  # NIH layout folder; None in `run` means synthetic data
+    pathologies: list[str] = list(DEFAULT_TARGETS)  # 1-14 targets, in column order
+    n_images: int | None = None  # None = every image that passes the filters
+    one_per_patient: bool = False  # one image per chosen patient instead of all of them
+    sampling: Literal["natural", "enriched"] = "natural"  # enriched guarantees min_positives
+    min_positives: int = 50  # per target, for sampling=enriched
+    views: list[str] | None = None  # e.g. [PA, AP]; None keeps both
+    age_min: int | None = None
+    age_max: int | None = None
+    split: Literal["patient", "official"] = "patient"  # official: NIH test list + carved val
+    val: float = Field(0.15, gt=0, lt=1)  # share of patients in validation
+    test: float = Field(0.15, gt=0, lt=1)  # share of patients in test (split=patient only)
+    image_size: int = Field(224, ge=32, le=1024)  # cached square size in pixels
+    drop_missing: bool = False  # drop listed-but-missing images instead of failing
+    workers: int = Field(1, ge=1)  # processes that decode images for the cache
+    seed: int = 0
+
+    @field_validator("pathologies", mode="before")
+    @classmethod
+    def _targets(cls, value: Any) -> list[str]:
+        return parse_targets(value)
+
+
+class ModelConfig(_Section):
+    """Which network, how it starts."""
+
+    name: str = "simple_cnn"  # simple_cnn or any timm model name
+    pretrained: bool = False  # ImageNet weights (hub, --weights file, or bundled lite0)
+    weights: str | None = None  # .pth/.safetensors file with backbone weights
+    drop_rate: float = Field(0.2, ge=0, lt=1)  # dropout before the classifier
+    kwargs: dict[str, Any] = {}  # extra constructor arguments (SimpleCNN: base_width, depth)
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adam"] = "adamw"
+    lr: float = Field(1e-3, gt=0)  # head / whole-model learning rate
+    weight_decay: float = Field(1e-4, ge=0)
+    backbone_lr_mult: float = Field(0.1, gt=0, le=1)  # backbone LR = lr * this (transfer)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["cosine", "onecycle", "plateau", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up before cosine decay
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)  # cosine floor as a share of lr
+    plateau_factor: float = Field(0.3, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=0)
+
+
+class AugmentConfig(_Section):
+    """Applied on the batch, after the cache; validation and test use none."""
+
+    rotation_deg: float = Field(10.0, ge=0, le=45)  # small rotations, +-degrees
+    hflip: bool = False  # off: a flip moves the heart to the wrong side
+    scale_min: float = Field(0.9, gt=0, le=1)  # random resized crop: zoom range
+    scale_max: float = Field(1.1, ge=1, le=2)
+    translate: float = Field(0.05, ge=0, le=0.3)  # shift as a share of the image side
+    brightness: float = Field(0.1, ge=0, le=1)  # +- additive, in normalised units
+    contrast: float = Field(0.1, ge=0, le=1)  # +- multiplicative
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    strategy: Literal["full", "freeze-then-unfreeze", "linear-probe"] = "full"
+    freeze_epochs: int = Field(2, ge=0)  # head-only epochs for freeze-then-unfreeze
+    patience: int = Field(5, ge=1)  # early stopping on val macro AUROC
+    pos_weight: bool = False  # BCE pos_weight = neg/pos from train prevalence
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: mixed on CUDA
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str = "auto"  # number of devices, or auto
+    num_nodes: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)  # DataLoader workers; the memmap cache rarely needs any
+    seed: int = 0
+    deterministic: bool = True  # same seed -> same metrics on CPU
+    limit_batches: float | int | None = None  # debugging: cap batches per epoch
+
+
+class ExperimentConfig(_Section):
+    """One model's training run: what `cxrlab train` resolves and saves as config.yaml."""
+
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build(schema: type[BaseModel], data: dict[str, Any], *, source: str = "config"):
+    """Validate `data` against `schema`, turning pydantic errors into one ConfigError."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(schema, exc, source)) from None
+
+
+def _describe(schema: type[BaseModel], exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        where = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(_fields_at(schema, loc[:-1]))
+            lines.append(f"unknown key {where!r} in {source}; valid keys here: {valid}")
+        else:
+            lines.append(f"{where} in {source}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    model: Any = schema
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted overrides (`{"optim.lr": 3e-4}`) from CLI flags onto a config mapping.
+
+    None values mean "flag not given" and leave the file's value in place.
+    """
+    out = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        out[section][key] = value
+    return out
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,188 @@
+"""The prepare stage: metadata → cohort → patient-wise split → image cache, in RUN_DIR/data.
+
+Writes (names are a contract, see docs/ARCHITECTURE.md):
+`cohort.csv`, `split_summary.json`, `prepare.json`, `boxes.csv`, `cache/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.config import DataConfig
+from cxrlab.data.cache import CacheInfo, box_to_cache_coords, build_cache
+from cxrlab.data.cohort import cooccurrence, label_counts, select_cohort
+from cxrlab.data.discovery import resolve_images
+from cxrlab.data.metadata import (
+    MetadataFiles,
+    find_metadata_files,
+    findings_matrix,
+    read_bbox_list,
+    read_data_entry,
+    read_split_lists,
+)
+from cxrlab.data.split import check_leakage, official_split, split_patients, split_summary
+from cxrlab.errors import ConfigError, DataError
+from cxrlab.runinfo import package_versions, write_atomic, write_json
+
+log = logging.getLogger(__name__)
+
+COHORT_FILE = "cohort.csv"
+SUMMARY_FILE = "split_summary.json"
+PREPARE_FILE = "prepare.json"
+BOXES_FILE = "boxes.csv"
+#: NIH PNGs are 1024 x 1024 and BBox_List_2017 coordinates are in that frame.
+BOX_FRAME = 1024
+META_COLUMNS = ("Finding Labels", "age", "sex", "view", "follow_up")
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare` made, for the CLI to report."""
+
+    data_dir: Path
+    cohort: pd.DataFrame
+    summary: dict
+    counts: pd.DataFrame
+    cooccurrence: pd.DataFrame
+    n_missing: int
+    cache: CacheInfo
+    n_boxes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare(options: DataConfig, out: str | Path, *, progress: bool = True) -> PrepareResult:
+    """Run the prepare stage for `options` into `out/data`; safe to re-run (cache resumes)."""
+    if not options.data_root:
+        raise ConfigError("prepare needs a data root (--data-root DIR in NIH layout)")
+    data_dir = Path(out) / "data"
+    files = find_metadata_files(options.data_root)
+    entries = read_data_entry(files.data_entry)
+    resolved = resolve_images(entries, files.root, drop_missing=options.drop_missing)
+    pool = resolved.df.assign(_path=[str(p) for p in resolved.paths])
+    cohort = _select(pool, options)
+    cohort["split"] = _split(cohort, options, files)
+    check_leakage(cohort)
+    cohort = cohort.sort_values(["split", "Patient ID", "Image Index"], kind="stable")
+    cohort = cohort.reset_index(drop=True)
+    targets = list(options.pathologies)
+    summary = split_summary(cohort, targets)
+    summary.update(split=options.split, seed=options.seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    table = cohort_table(cohort, targets)
+    write_atomic(data_dir / COHORT_FILE, table.to_csv(index=False))
+    write_json(data_dir / SUMMARY_FILE, summary)
+    n_boxes = _write_boxes(files, cohort, options.image_size, data_dir / BOXES_FILE)
+    write_json(data_dir / PREPARE_FILE, _provenance(options, files, resolved.n_missing))
+    cache = build_cache(
+        cohort["_path"].tolist(),
+        cohort["Image Index"].tolist(),
+        data_dir / "cache",
+        size=options.image_size,
+        workers=options.workers,
+        progress=progress,
+    )
+    return PrepareResult(
+        data_dir=data_dir,
+        cohort=table,
+        summary=summary,
+        counts=label_counts(cohort, targets),
+        cooccurrence=cooccurrence(cohort, targets),
+        n_missing=resolved.n_missing,
+        cache=cache,
+        n_boxes=n_boxes,
+    )
+
+
+def _select(pool: pd.DataFrame, options: DataConfig) -> pd.DataFrame:
+    age_range = None
+    if options.age_min is not None or options.age_max is not None:
+        age_range = (options.age_min or 0, options.age_max if options.age_max is not None else 200)
+    return select_cohort(
+        pool,
+        options.pathologies,
+        n_images=options.n_images,
+        one_per_patient=options.one_per_patient,
+        sampling=options.sampling,
+        min_positives=options.min_positives if options.sampling == "enriched" else None,
+        views=options.views,
+        age_range=age_range,
+        seed=options.seed,
+    )
+
+
+def _split(cohort: pd.DataFrame, options: DataConfig, files: MetadataFiles) -> pd.Series:
+    if options.split == "patient":
+        return split_patients(
+            cohort, options.pathologies, val=options.val, test=options.test, seed=options.seed
+        )
+    if files.train_val_list is None or files.test_list is None:
+        raise DataError(
+            f"--split official needs train_val_list.txt and test_list.txt in {files.root}"
+        )
+    lists = read_split_lists(files.root)
+    return official_split(cohort, lists, options.pathologies, val=options.val, seed=options.seed)
+
+
+def cohort_table(cohort: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    """The `cohort.csv` frame: ids, split, one 0/1 column per target, then metadata."""
+    y = findings_matrix(cohort, targets)  # (N, K)
+    table = cohort[["Image Index", "Patient ID", "split"]].copy()
+    for k, name in enumerate(targets):
+        table[name] = y[:, k].astype(np.uint8)
+    for column in META_COLUMNS:
+        table[column] = cohort[column].to_numpy()
+    return table
+
+
+def _write_boxes(files: MetadataFiles, cohort: pd.DataFrame, size: int, path: Path) -> int:
+    """Boxes of cohort images, in the 1024 NIH frame and normalised to the cached square."""
+    columns = ["Image Index", "label", "x", "y", "w", "h", "x0", "y0", "x1", "y1"]
+    boxes = pd.DataFrame(columns=columns)
+    if files.bbox_list is not None:
+        found = read_bbox_list(files.bbox_list)
+        boxes = found[found["Image Index"].isin(set(cohort["Image Index"]))].copy()
+        coords = [
+            box_to_cache_coords(r.x, r.y, r.w, r.h, BOX_FRAME, BOX_FRAME)
+            for r in boxes.itertuples(index=False)
+        ]
+        boxes[["x0", "y0", "x1", "y1"]] = np.asarray(coords, dtype=float).reshape(-1, 4)
+    write_atomic(path, boxes[columns].to_csv(index=False))
+    log.info("%d radiologist boxes on cohort images (cache size %d)", len(boxes), size)
+    return len(boxes)
+
+
+def _provenance(options: DataConfig, files: MetadataFiles, n_missing: int) -> dict:
+    return {
+        "options": options.model_dump(mode="json"),
+        "data_root": str(Path(files.root).resolve()),
+        "files": {
+            "data_entry": files.data_entry.name,
+            "bbox_list": files.bbox_list.name if files.bbox_list else None,
+        },
+        "dropped_missing": n_missing,
+        "box_frame": BOX_FRAME,
+        "versions": package_versions(),
+    }
+
+
+def load_cohort(run_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read RUN_DIR/data/cohort.csv and its targets (from split_summary.json)."""
+    from cxrlab.runinfo import read_json
+
+    data_dir = Path(run_dir) / "data"
+    cohort_path, summary_path = data_dir / COHORT_FILE, data_dir / SUMMARY_FILE
+    if not cohort_path.is_file() or not summary_path.is_file():
+        raise DataError(
+            f"{data_dir} has no {COHORT_FILE}/{SUMMARY_FILE}: run `cxrlab prepare --out {run_dir}`"
+        )
+    targets = list(read_json(summary_path)["targets"])
+    cohort = pd.read_csv(cohort_path, dtype={"Image Index": str})
+    missing = [t for t in targets if t not in cohort.columns]
+    if missing:
+        raise DataError(f"{cohort_path} lacks target columns {missing}; re-run prepare")
+    return cohort, targets
