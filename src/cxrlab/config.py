@@ -174,3 +174,96 @@ def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 def to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# --- The whole study: what `cxrlab run CONFIG` reads ---------------------------------------
+
+
+class SyntheticConfig(_Section):
+    """Built-in synthetic NIH-layout data, used when `data.data_root` is not given."""
+
+    patients: int = Field(300, ge=10)  # ~2.5 images per patient
+    seed: int = 0
+    image_size: int = Field(256, ge=64, le=1024)  # PNG side; the cache resizes it
+
+
+class EvaluateConfig(_Section):
+    threshold: Literal["max_f1", "youden", "fixed_sensitivity"] = "max_f1"  # chosen on val
+    target_sensitivity: float = Field(0.90, gt=0, le=1)  # for fixed_sensitivity
+    bootstrap: int = Field(1000, ge=10)  # resamples over patients for every CI
+    seed: int = 0
+    temperature: bool = False  # temperature scaling fitted on val
+
+
+class AnalyzeConfig(_Section):
+    enabled: bool = True
+    model: str | None = None  # which trained model; None = the last one listed
+    layers: list[str] = ["penultimate"]  # see `cxrlab analyze --list-layers`
+    split: Literal["train", "val", "test"] = "test"
+    scaling: Literal["none", "standard", "robust"] = "none"  # before PCA; see docs
+    k: int | None = None  # None: chosen over k_min..k_max by silhouette
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(8, ge=2)
+    n_components: int = Field(50, ge=2)  # PCA components K-Means runs on
+
+
+class ExplainConfig(_Section):
+    enabled: bool = True
+    models: list[str] | None = None  # None = every trained model
+    split: Literal["train", "val", "test"] = "test"
+    per_group: int = Field(4, ge=1)  # gallery images per pathology and TP/FP/FN
+
+
+class ModelEntry(ExperimentConfig):
+    """One model of a study: an experiment config (merged over `defaults`) plus its name."""
+
+    name: str | None = None  # folder under models/; default: model.name
+
+
+class StudyConfig(_Section):
+    """`cxrlab run CONFIG`: prepare → train each model → evaluate → compare → analyze →
+    explain → report, in one run directory."""
+
+    data: DataConfig = DataConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    defaults: dict[str, Any] = {}  # experiment settings shared by every model entry
+    models: list[dict[str, Any]] = [{"model": {"name": "simple_cnn"}}]
+    evaluate: EvaluateConfig = EvaluateConfig()
+    analyze: AnalyzeConfig = AnalyzeConfig()
+    explain: ExplainConfig = ExplainConfig()
+
+    def model_entries(self) -> list[ModelEntry]:
+        """Each model entry merged over `defaults` and validated (names unique)."""
+        entries, seen = [], set()
+        for i, raw in enumerate(self.models):
+            merged = deep_merge(self.defaults, raw)
+            entry = build(ModelEntry, merged, source=f"models[{i}]")
+            entry.name = entry.name or entry.model.name
+            if entry.name in seen:
+                raise ConfigError(f"models[{i}]: name {entry.name!r} is used twice; set `name:`")
+            seen.add(entry.name)
+            entries.append(entry)
+        if not entries:
+            raise ConfigError("the study lists no models; add at least one under `models:`")
+        return entries
+
+
+def experiment_of(entry: ModelEntry) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(entry.model_dump(exclude={"name"}))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, recursing into mappings (lists and scalars replace)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read a study YAML; `overrides` (dotted keys) come from CLI flags."""
+    data = merge_overrides(load_yaml(path), overrides or {})
+    return build(StudyConfig, data, source=str(path))

@@ -11,8 +11,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-_PACKAGES = ("cxrlab", "torch", "torchvision", "timm", "lightning", "numpy", "pandas",
-             "scikit-learn", "scipy", "pillow", "pydicom")
+_PACKAGES = (
+    "cxrlab",
+    "torch",
+    "torchvision",
+    "timm",
+    "lightning",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+    "pillow",
+    "pydicom",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -9,6 +9,6 @@ from __future__ import annotations
 from cxrlab.cli.app import app, main
 
 # Importing the command modules registers their commands on `app`.
-from cxrlab.cli import data_commands  # noqa: F401,E402  isort: skip
+from cxrlab.cli import data_commands, eval_commands  # noqa: F401,E402  isort: skip
 
 __all__ = ["app", "main"]

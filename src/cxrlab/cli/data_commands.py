@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from cxrlab.cli.app import app, console
+from cxrlab.cli.render import frame_table
 from cxrlab.labels import DEFAULT_TARGETS
 
 
@@ -80,13 +81,15 @@ def print_prepare(result) -> None:
     summary = result.summary
     if result.n_missing:
         console.print(f"[yellow]dropped {result.n_missing} listed images that are missing[/]")
-    console.print(_frame_table(result.counts, "Label counts (images)"))
-    console.print(_frame_table(result.cooccurrence, "Co-occurrence of targets (images)"))
+    console.print(frame_table(result.counts, "Label counts (images)"))
+    console.print(frame_table(result.cooccurrence, "Co-occurrence of targets (images)"))
     table = Table(title="Split (by patient)")
     for col in ("split", "images", "patients", *summary["targets"]):
         table.add_column(col, justify="right")
     for name, part in summary["splits"].items():
-        prev = [f"{part['prevalence'][t]:.3f}" if part["images"] else "-" for t in summary["targets"]]
+        prev = [
+            f"{part['prevalence'][t]:.3f}" if part["images"] else "-" for t in summary["targets"]
+        ]
         table.add_row(name, str(part["images"]), str(part["patients"]), *prev)
     console.print(table)
     console.print(
@@ -99,13 +102,3 @@ def print_prepare(result) -> None:
         f"({cache.decoded} decoded, {cache.reused} reused) in {cache.seconds:.1f} s"
     )
     console.print(f"[green]prepared[/] {result.data_dir}")
-
-
-def _frame_table(frame, title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("")
-    for col in frame.columns:
-        table.add_column(str(col), justify="right")
-    for index, row in frame.iterrows():
-        table.add_row(str(index), *[str(v) for v in row.tolist()])
-    return table
