@@ -1,0 +1,314 @@
+"""Read a run directory's artifacts into plain dicts, one collector per report section.
+
+Every collector returns `None` when its stage has not run (its files are absent), so a
+report builds for partial runs; a file that exists but cannot be parsed raises `DataError`
+naming the file. Nothing here imports training code or draws anything: the report is made
+from what the stages wrote (docs/ARCHITECTURE.md, "Run directory").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxrlab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+COMPARE_DIR = "compare"  # reports/compare/<split>/ holds the cross-model comparison
+EVAL_FIGURES = ("roc", "pr", "confusion", "reliability")
+COMPARE_FIGURES = ("auroc_bars", "roc", "pr", "reliability")
+#: Analysis figures in reading order; any other PNG in the folder follows these.
+ANALYSIS_FIGURES = (
+    "pca_variance",
+    "pca_scatter",
+    "pca_3d",
+    "k_selection",
+    "enrichment_heatmap",
+    "confounds",
+)
+#: explain.json's gallery groups and the short names the report shows.
+EXPLAIN_GROUPS = {"true_positive": "TP", "false_positive": "FP", "false_negative": "FN"}
+
+
+# ---- readers: None when absent, DataError when present but unreadable --------------------
+
+
+def read_json(path: Path) -> Any | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(
+            f"{path} is not valid JSON ({exc}); re-run the stage that wrote it"
+        ) from exc
+
+
+def read_mapping(path: Path) -> dict | None:
+    """A JSON file that must hold an object."""
+    data = read_json(path)
+    if data is not None and not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_yaml(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DataError(f"{path} is not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a mapping, found {type(data).__name__}")
+    return data
+
+
+def read_csv(path: Path, **kwargs) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas' ParserError is one
+        raise DataError(f"{path} is not a readable CSV file ({exc})") from exc
+
+
+def read_text(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
+
+
+def pngs(folder: Path, order: Iterable[str] = ()) -> dict[str, Path]:
+    """`{stem: path}` of the PNGs in `folder`: the stems in `order` first, then the rest."""
+    if not folder.is_dir():
+        return {}
+    found = {p.stem: p for p in sorted(folder.glob("*.png")) if p.is_file()}
+    ordered = {s: found.pop(s) for s in order if s in found}
+    return {**ordered, **found}
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+
+def model_names(run_dir: Path) -> list[str]:
+    """Models with a folder under `models/` or an evaluation under `reports/`, sorted."""
+    names = {p.name for p in (run_dir / "models").glob("*") if p.is_dir()}
+    names |= {
+        p.name for p in (run_dir / "reports").glob("*") if p.is_dir() and p.name != COMPARE_DIR
+    }
+    return sorted(names)
+
+
+def collect_run(run_dir: str | Path, split: str = "test") -> dict:
+    """Everything the report shows, section by section (a section is None when not run)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"run directory {run_dir} does not exist")
+    names = model_names(run_dir)
+    return {
+        "run_dir": run_dir,
+        "split": split,
+        "models": names,
+        "cohort": collect_cohort(run_dir),
+        "training": collect_training(run_dir, names, split),
+        "metrics": collect_metrics(run_dir, names, split),
+        "comparison": collect_comparison(run_dir, split),
+        "analysis": collect_analysis(run_dir),
+        "explain": collect_explain(run_dir, names),
+        "provenance": collect_provenance(run_dir),
+    }
+
+
+# ---- sections ----------------------------------------------------------------------------
+
+
+def collect_cohort(run_dir: Path) -> dict | None:
+    """split_summary.json (required), prepare.json, co-occurrence and metadata from cohort.csv,
+    and radiologist box counts from boxes.csv."""
+    data_dir = run_dir / "data"
+    summary = read_mapping(data_dir / "split_summary.json")
+    if summary is None:
+        return None
+    targets = list(summary.get("targets") or [])
+    cohort = read_csv(data_dir / "cohort.csv", dtype={"Image Index": str, "Patient ID": str})
+    boxes = read_csv(data_dir / "boxes.csv")
+    out = {
+        "summary": summary,
+        "targets": targets,
+        "prepare": read_mapping(data_dir / "prepare.json"),
+        "cooccurrence": None,
+        "demographics": None,
+        "boxes": None if boxes is None else _box_counts(boxes),
+    }
+    if cohort is not None:
+        _check_columns(cohort, [*targets, "split"], data_dir / "cohort.csv")
+        y = cohort[targets].to_numpy(dtype="int64")  # (N, K) 0/1
+        out["cooccurrence"] = pd.DataFrame(y.T @ y, index=targets, columns=targets)
+        out["demographics"] = _demographics(cohort)
+    return out
+
+
+def _check_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}; it has {list(frame.columns)}")
+
+
+def _box_counts(boxes: pd.DataFrame) -> dict:
+    if boxes.empty or "label" not in boxes.columns:
+        return {"n": int(len(boxes)), "images": 0, "per_label": {}}
+    return {
+        "n": int(len(boxes)),
+        "images": int(boxes["Image Index"].nunique()),
+        "per_label": {str(k): int(v) for k, v in boxes["label"].value_counts().items()},
+    }
+
+
+def _demographics(cohort: pd.DataFrame) -> pd.DataFrame:
+    """Per split: median age [IQR], share female, share of PA views."""
+    rows = {}
+    for split, part in cohort.groupby("split", sort=False):
+        row = {"images": len(part)}
+        if "age" in part:
+            age = pd.to_numeric(part["age"], errors="coerce").dropna()
+            if len(age):
+                q1, q2, q3 = age.quantile([0.25, 0.5, 0.75])
+                row["age, median [IQR]"] = f"{q2:.0f} [{q1:.0f}-{q3:.0f}]"
+        if "sex" in part:
+            row["female"] = f"{(part['sex'].astype(str).str.upper() == 'F').mean():.1%}"
+        if "view" in part:
+            counts = part["view"].astype(str).value_counts()
+            row["views"] = ", ".join(f"{k} {v}" for k, v in counts.items())
+        rows[split] = row
+    order = [s for s in SPLITS if s in rows] + [s for s in rows if s not in SPLITS]
+    frame = pd.DataFrame.from_dict({s: rows[s] for s in order}, orient="index")
+    frame.index.name = "split"
+    return frame
+
+
+def collect_training(run_dir: Path, names: list[str], split: str) -> dict | None:
+    """Per model: metrics.csv, config.yaml, run.json, thresholds.json, training curve PNG."""
+    models = {}
+    for name in names:
+        mdir = run_dir / "models" / name
+        if not mdir.is_dir():
+            continue
+        curve = read_csv(mdir / "metrics.csv")
+        models[name] = {
+            "curve": curve,
+            "config": read_yaml(mdir / "config.yaml"),
+            "run": read_mapping(mdir / "run.json"),
+            "thresholds": read_mapping(mdir / "thresholds.json"),
+            "figure": _training_figure(run_dir, name, split),
+        }
+    return models or None
+
+
+def _training_figure(run_dir: Path, name: str, split: str) -> Path | None:
+    """`evaluate` draws training.png beside each split's figures; prefer the report's split."""
+    reports = run_dir / "reports" / name
+    for path in [reports / split / "figures" / "training.png", *reports.glob("*/figures/*.png")]:
+        if path.is_file() and path.stem == "training":
+            return path
+    return None
+
+
+def collect_metrics(run_dir: Path, names: list[str], split: str) -> dict | None:
+    """Per model: `reports/<name>/<split>/metrics.json` and its figures."""
+    models = {}
+    for name in names:
+        folder = run_dir / "reports" / name / split
+        metrics = read_mapping(folder / "metrics.json")
+        if metrics is None:
+            continue
+        for key in ("metrics", "ci"):
+            if key not in metrics:
+                raise DataError(
+                    f"{folder / 'metrics.json'} lacks {key!r}; re-run `cxrlab evaluate`"
+                )
+        figures = pngs(folder / "figures", EVAL_FIGURES)
+        figures.pop("training", None)  # shown in the training section
+        models[name] = {"result": metrics, "figures": figures, "dir": folder}
+    return models or None
+
+
+def collect_comparison(run_dir: Path, split: str) -> dict | None:
+    folder = run_dir / "reports" / COMPARE_DIR / split
+    summary = read_mapping(folder / "comparison.json")
+    if summary is None:
+        return None
+    for key in ("models", "targets", "auroc", "pairs"):
+        if key not in summary:
+            raise DataError(f"{folder / 'comparison.json'} lacks {key!r}; re-run `cxrlab compare`")
+    return {"summary": summary, "figures": pngs(folder / "figures", COMPARE_FIGURES)}
+
+
+def collect_analysis(run_dir: Path) -> list[dict] | None:
+    """Every `analysis.json` under `analysis/` (one per model, or per model and layer)."""
+    root = run_dir / "analysis"
+    blocks = []
+    for path in sorted(root.rglob("analysis.json")) if root.is_dir() else []:
+        folder = path.parent
+        result = read_mapping(path)
+        blocks.append(
+            {
+                "name": str(folder.relative_to(root)),
+                "result": result,
+                "summary_md": read_text(folder / "summary.md"),
+                "figures": {**pngs(folder / "figures", ANALYSIS_FIGURES), **pngs(folder)},
+                "interactive": sorted(p.relative_to(run_dir) for p in folder.rglob("*.html")),
+                "dir": folder,
+            }
+        )
+    return blocks or None
+
+
+def collect_explain(run_dir: Path, names: list[str]) -> dict | None:
+    """Per model: `reports/<name>/explain/` localization scores and gallery index."""
+    models = {}
+    for name in names:
+        folder = run_dir / "reports" / name / "explain"
+        index = read_json(folder / "explain.json")
+        localization = read_json(folder / "localization.json")
+        if index is None and localization is None:
+            continue
+        models[name] = {
+            "index": index,
+            "localization": localization,
+            "gallery": gallery_entries(index, run_dir, folder),
+            "dir": folder,
+        }
+    return models or None
+
+
+def gallery_entries(index: Any, run_dir: Path, folder: Path) -> list[dict]:
+    """explain.json's `entries`, each with `png_path`: its overlay (`png`, relative to RUN_DIR)
+    when the file exists, else None (the page then says the overlay is missing)."""
+    if index is None:
+        return []
+    rows = index.get("entries") if isinstance(index, dict) else None
+    if not isinstance(rows, list):
+        raise DataError(f"{folder / 'explain.json'} needs an 'entries' list; re-run explain")
+    out = []
+    for row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{folder / 'explain.json'}: entry {row!r} is not an object")
+        path = run_dir / row["png"] if row.get("png") else None
+        out.append({**row, "png_path": path if path is not None and path.is_file() else None})
+    return out
+
+
+def collect_provenance(run_dir: Path) -> dict:
+    """study.yaml and stages.json of `cxrlab run` (None each when stages ran by hand)."""
+    return {
+        "study": read_yaml(run_dir / "study.yaml"),
+        "stages": read_json(run_dir / "stages.json"),
+    }
