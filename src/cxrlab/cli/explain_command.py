@@ -1,0 +1,93 @@
+"""`cxrlab explain RUN_DIR --model NAME`: Grad-CAM overlays and localization scores.
+
+cxrlab explain runs/nih4 --model resnet18                      # the test split's gallery
+cxrlab explain runs/nih4 --model resnet18 --images 00000013_005.png,00000032_001.png
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cxrlab.cli.app import app, console
+
+
+@app.command("explain")
+def explain_command(
+    run_dir: Path = typer.Argument(..., help="Run directory with a trained model."),
+    model: str = typer.Option(..., "--model", help="Model folder under RUN_DIR/models."),
+    images: str = typer.Option(
+        None, help="Comma-separated Image Index values: explain just these, for every target."
+    ),
+    split: str = typer.Option("test", help="Split of the gallery and the scores: train|val|test."),
+    per_group: int = typer.Option(
+        4, min=0, help="Gallery images per group (true/false positives, false negatives)."
+    ),
+    batch_size: int = typer.Option(16, min=1, help="Images per Grad-CAM forward/backward pass."),
+    tolerance: float = typer.Option(
+        0.0, min=0, help="Pointing game: grow each box by this many pixels per side."
+    ),
+    cam_threshold: float = typer.Option(
+        0.5, min=0, max=1, help="IoU: the map region >= this share of its peak."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Grad-CAM per image and pathology, scored against the radiologists' boxes."""
+    from cxrlab.explain.workflow import explain_model
+
+    result = explain_model(
+        run_dir,
+        model,
+        split=split,
+        images=images,
+        per_group=per_group,
+        batch_size=batch_size,
+        progress=progress,
+        tolerance_px=tolerance,
+        cam_threshold=cam_threshold,
+    )
+    console.print(localization_table(result))
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(
+        f"[green]{result['n_overlays']} overlays and the index files written to[/] "
+        f"{result['out_dir']}"
+    )
+
+
+def localization_table(result: dict) -> Table:
+    """Pointing game and IoU per pathology, with the chance baselines beside them."""
+    where = "named images" if result["mode"] == "images" else f"{result['split']} split"
+    table = Table(title=f"Localization vs radiologists' boxes ({where})")
+    for column in (
+        "pathology",
+        "n",
+        "hit rate",
+        "random point",
+        "centre point",
+        "mean IoU",
+        "centre map IoU",
+    ):
+        table.add_column(column, justify="left" if column == "pathology" else "right")
+    for name, s in result["localization"].items():
+        table.add_row(
+            name,
+            str(s["n"]),
+            *(
+                _rate(s[key])
+                for key in (
+                    "hit_rate",
+                    "random_point_hit_rate",
+                    "centre_point_hit_rate",
+                    "mean_iou",
+                    "centre_map_iou",
+                )
+            ),
+        )
+    return table
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

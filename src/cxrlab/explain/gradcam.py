@@ -1,0 +1,167 @@
+"""Grad-CAM maps for cached X-rays, through the maintained `pytorch-grad-cam` library.
+
+`gradcam(model, images_u8, classes)` returns one map per (image, class) pair, (N, S, S)
+float32 in [0, 1], and the sigmoid probabilities of the same forward pass. Rows of one
+batch may ask for different classes: the library takes one `ClassifierOutputTarget` per
+image, so a batch costs one forward and one backward pass whatever the class mix.
+
+The hooked layer is `cxrlab.models.target_layer(model)` (last conv stage of any family:
+SimpleCNN, ResNet, EfficientNet, DenseNet). Input is prepared exactly as for prediction:
+uint8 -> [0, 1] -> (x - mean) / std, shape (B, 1, S, S) (`evaluate.predict.to_model_input`).
+
+The library leaves traces on the model: it switches it to eval mode, fills parameter
+gradients with its backward pass and registers forward hooks. `gradcam` removes the hooks
+and restores the training flag and every parameter's `requires_grad` and `.grad` before
+it returns, also on error. While it runs, only the hooked layer's parameters require grad,
+so the backward pass stops there instead of running back to the input (the maps are the
+same; about one forward pass of extra work instead of two). The library's context manager
+is not used because its `__exit__` prints and swallows `IndexError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cxrlab.errors import DataError, ModelError
+from cxrlab.evaluate.predict import to_model_input
+from cxrlab.models import resolve_normalization, target_layer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """Grad-CAM of N (image, class) pairs, row-aligned with the inputs."""
+
+    maps: np.ndarray  # (N, S, S) float32 in [0, 1]; per-map min-max scaled by the library
+    probs: np.ndarray  # (N, K) float32 sigmoid probabilities of every class for each image
+
+
+def gradcam(
+    model: nn.Module,
+    images_u8: np.ndarray,
+    classes: Sequence[int],
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    layer: nn.Module | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> CamResult:
+    """Grad-CAM of `images_u8[i]` for class index `classes[i]`, for every i.
+
+    Args:
+        model: a classifier with K logits out (any cxrlab model family).
+        images_u8: (N, S, S) uint8 grey images, e.g. rows of the run's cache.
+        classes: N class indices in [0, K), one per image (repeat an image for more classes).
+        mean, std: normalisation of the checkpoint; default `resolve_normalization(model)`.
+        layer: module to hook; default `cxrlab.models.target_layer(model)`.
+        batch_size: pairs per forward/backward pass.
+        progress: show a tqdm bar over batches.
+    """
+    images_u8 = _check_images(images_u8)
+    classes = np.asarray(classes, dtype=np.int64).reshape(-1)
+    if len(classes) != len(images_u8):
+        raise DataError(f"got {len(images_u8)} images but {len(classes)} class indices")
+    _check_classes(model, classes)
+    if batch_size < 1:
+        raise DataError(f"batch_size={batch_size} should be >= 1")
+    if mean is None or std is None:
+        mean, std = resolve_normalization(model)
+    layer = target_layer(model) if layer is None else layer
+    size = images_u8.shape[-1]
+    maps = np.zeros((len(classes), size, size), dtype=np.float32)
+    probs: list[np.ndarray] = []
+    starts = range(0, len(classes), batch_size)
+    with _model_preserved(model, layer) as input_needs_grad:
+        cam = _make_cam(model, layer)
+        try:
+            for start in tqdm(starts, desc="grad-cam", disable=not progress, unit="batch"):
+                stop = start + batch_size
+                x = to_model_input(images_u8[start:stop], mean, std)  # (B, 1, S, S)
+                maps[start:stop], batch_probs = _cam_batch(
+                    cam, x, classes[start:stop], input_needs_grad
+                )
+                probs.append(batch_probs)
+        finally:
+            cam.activations_and_grads.release()  # removes the library's hooks
+            cam.outputs = None  # drops the retained graph
+    k = probs[0].shape[1] if probs else 0
+    return CamResult(maps, np.concatenate(probs) if probs else np.zeros((0, k), np.float32))
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
+        raise DataError(
+            f"images of shape {images.shape} and dtype {images.dtype}; expected (N, S, S) uint8"
+        )
+    return images
+
+
+def _check_classes(model: nn.Module, classes: np.ndarray) -> None:
+    k = getattr(model, "num_classes", None)
+    bad = classes[(classes < 0) | (classes >= k)] if k else classes[classes < 0]
+    if bad.size:
+        valid = f"0..{k - 1} ({k} model outputs)" if k else "indices >= 0"
+        raise ModelError(f"class index {int(bad[0])} is out of range; valid: {valid}")
+
+
+def _make_cam(model: nn.Module, layer: nn.Module):
+    from pytorch_grad_cam import GradCAM  # imported on use: it pulls in cv2 and matplotlib
+
+    return GradCAM(model=model, target_layers=[layer])
+
+
+def _cam_batch(
+    cam, x: torch.Tensor, classes: np.ndarray, input_needs_grad: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One forward/backward pass: maps (B, S, S) and probabilities (B, K)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    x = x.to(next(cam.model.parameters()).device).requires_grad_(input_needs_grad)
+    with torch.inference_mode(False), torch.enable_grad():
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(k)) for k in classes])
+        logits = cam.outputs.detach().float()  # (B, K), from the same forward pass
+    return maps.astype(np.float32, copy=False), torch.sigmoid(logits).cpu().numpy()
+
+
+@contextmanager
+def _model_preserved(model: nn.Module, layer: nn.Module) -> Iterator[bool]:
+    """Let gradients flow only from the logits back to `layer`; restore the model on exit.
+
+    Grad-CAM needs d logit / d (layer output) only. Switching `requires_grad` off for every
+    parameter outside `layer` stops the backward pass at `layer` (about one forward pass of
+    extra work instead of two). Yields whether the input must require grad instead: when
+    `layer` has no trainable parameters, nothing else makes its output require grad.
+    On exit the train/eval flag, `requires_grad` and `.grad` of every parameter are restored.
+    """
+    was_training = model.training
+    saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    inside = {id(p) for p in layer.parameters()}
+    try:
+        for param in model.parameters():
+            param.requires_grad_(id(param) in inside)
+        yield not inside
+    finally:
+        for param, requires_grad, grad in saved:
+            param.requires_grad_(requires_grad)
+            param.grad = grad
+        model.train(was_training)
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Forward, forward-pre and backward hooks registered on any module of `model`."""
+    total = 0
+    for module in model.modules():
+        total += len(module._forward_hooks) + len(module._forward_pre_hooks)
+        total += len(module._backward_hooks) + len(getattr(module, "_backward_pre_hooks", {}))
+    return total

@@ -1,0 +1,484 @@
+"""Grad-CAM maps, localization scores, gallery selection and `cxrlab explain`.
+
+Hand-worked answers: pixel (r, c) stands for its centre (c + 0.5, r + 0.5); a box
+(x0, y0, x1, y1) holds the pixels whose centre it contains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrlab.errors import DataError, EvaluationError, ModelError
+from cxrlab.evaluate.predict import to_model_input
+from cxrlab.explain import gallery as gal
+from cxrlab.explain import localization as loc
+from cxrlab.explain.gradcam import count_hooks, gradcam
+from cxrlab.models import create_model
+from helpers_run import make_tiny_run
+
+FAMILIES = [
+    "simple_cnn",
+    "resnet18",
+    "efficientnet_lite0",
+    pytest.param("densenet121", marks=pytest.mark.slow),  # ~10 s on 2 shared cores
+]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny CPU training is several times faster on one thread when cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)
+
+
+# ---- Grad-CAM ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FAMILIES)
+def test_gradcam_maps_every_family_and_leaves_the_model_as_it_was(name):
+    torch.manual_seed(0)
+    model = create_model(name, 3)
+    with torch.no_grad():  # positive head weights: every class has some positive evidence
+        model.get_classifier().weight.abs_()
+    model.train()
+    frozen = next(model.parameters())
+    frozen.requires_grad_(False)
+    sentinel = torch.ones_like(model.get_classifier().weight)
+    model.get_classifier().weight.grad = sentinel
+    hooks_before = count_hooks(model)
+
+    images = _random_images(4, 64)
+    result = gradcam(model, images, [0, 1, 2, 0], batch_size=3)
+
+    assert result.maps.shape == (4, 64, 64) and result.maps.dtype == np.float32
+    assert result.maps.min() >= 0.0 and result.maps.max() <= 1.0
+    assert all(m.max() > m.min() for m in result.maps), "a flat (constant) map"
+    assert count_hooks(model) == hooks_before == 0
+    assert model.training is True
+    assert frozen.requires_grad is False
+    assert all(p.requires_grad for p in list(model.parameters())[1:])
+    assert model.get_classifier().weight.grad is sentinel
+    assert all(p.grad is None for p in model.parameters() if p is not model.get_classifier().weight)
+    model.eval()
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    with torch.no_grad():
+        expected = torch.sigmoid(model(to_model_input(images, mean, std))).numpy()
+    np.testing.assert_allclose(result.probs, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_each_row_of_a_batch_gets_its_own_class():
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", 2, base_width=8, depth=2).eval()
+    images = _random_images(3, 32, seed=1)
+    mixed = gradcam(model, images, [0, 1, 0]).maps
+    all_one = gradcam(model, images, [1, 1, 1]).maps
+    all_zero = gradcam(model, images, [0, 0, 0]).maps
+    np.testing.assert_allclose(mixed[1], all_one[1], atol=1e-6)
+    np.testing.assert_allclose(mixed[[0, 2]], all_zero[[0, 2]], atol=1e-6)
+    assert not np.allclose(all_one[1], all_zero[1], atol=1e-3)
+
+
+def test_gradcam_rejects_bad_input_and_leaves_no_hooks():
+    model = create_model("simple_cnn", 3, base_width=8, depth=2)
+    with pytest.raises(ModelError, match=r"class index 3 is out of range; valid: 0\.\.2"):
+        gradcam(model, _random_images(1, 32), [3])
+    with pytest.raises(DataError, match="expected \\(N, S, S\\) uint8"):
+        gradcam(model, np.zeros((1, 32, 32), dtype=np.float32), [0])
+    with pytest.raises(DataError, match="2 images but 1 class"):
+        gradcam(model, _random_images(2, 32), [0])
+    assert count_hooks(model) == 0
+
+
+def _disc_images(n: int, size: int, radius: float, rng: np.random.Generator):
+    """Noisy grey images; the first half has a bright disc (label 1) at a random place.
+
+    Returns images (n, S, S) uint8, labels (n,) and the discs' boxes (n, 4) in pixels.
+    """
+    labels = np.zeros(n, dtype=np.float32)
+    labels[: n // 2] = 1
+    images = rng.normal(127, 12, (n, size, size))
+    centres = rng.uniform(radius + 2, size - radius - 2, (n, 2))
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    for i in np.flatnonzero(labels):
+        distance = np.hypot(xx - centres[i, 0], yy - centres[i, 1])
+        images[i] += 110 * np.clip(radius + 0.5 - distance, 0, 1)
+    boxes = np.concatenate([centres - radius, centres + radius], axis=1)
+    return np.clip(images, 0, 255).astype(np.uint8), labels, boxes
+
+
+def _train_disc_detector(images, labels, epochs: int = 3) -> torch.nn.Module:
+    model = create_model("simple_cnn", 1, base_width=8, depth=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = to_model_input(images, (0.5,), (0.5,))
+    y = torch.from_numpy(labels)[:, None]
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x)).split(32):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    # A few dozen steps leave BatchNorm's running statistics behind: recompute them exactly.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the pass below
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+def test_gradcam_of_a_trained_model_points_at_the_sign(one_thread):
+    torch.manual_seed(0)
+    images, labels, _ = _disc_images(256, 64, 6, np.random.default_rng(0))
+    model = _train_disc_detector(images, labels)
+    test_images, test_labels, test_boxes = _disc_images(40, 64, 6, np.random.default_rng(100))
+    positives = np.flatnonzero(test_labels)
+    result = gradcam(model, test_images[positives], [0] * len(positives))
+    assert (result.probs[:, 0] >= 0.5).mean() >= 0.9  # the model did learn the sign
+    scores = [
+        loc.score_pair(str(i), "disc", result.maps[j], test_boxes[i], tolerance_px=2)
+        for j, i in enumerate(positives)
+    ]
+    hit_rate = np.mean([s.hit for s in scores])
+    random_rate = np.mean([s.random_hit for s in scores])  # (12 + 4)^2 / 64^2 = 0.0625
+    assert random_rate == pytest.approx(0.0625, abs=0.01)
+    assert hit_rate >= 0.7 and hit_rate > 5 * random_rate
+    assert np.mean([s.iou for s in scores]) > 2 * np.mean([s.centre_iou for s in scores])
+
+
+# ---- localization -----------------------------------------------------------------------------
+def test_box_mask_holds_the_pixels_whose_centre_is_inside():
+    mask = loc.box_mask(np.array([[2, 3, 5, 6]]), 8)
+    assert mask.sum() == 9  # columns 2..4 (centres 2.5..4.5), rows 3..5
+    assert mask[3, 2] and mask[5, 4] and not mask[2, 2] and not mask[3, 5]
+    assert loc.box_mask(np.array([[2, 3, 5, 6]]), 8, tolerance_px=1).sum() == 25
+
+
+def test_pointing_game_inside_outside_tolerance_and_several_boxes():
+    cam = np.zeros((16, 16), dtype=np.float32)
+    cam[4, 10] = 1.0  # peak at column 10, row 4: centre (10.5, 4.5)
+    box = np.array([[2, 2, 8, 8]])
+    assert not loc.pointing_hit(cam, box)
+    assert not loc.pointing_hit(cam, box, tolerance_px=2)  # reaches 10.0 < 10.5
+    assert loc.pointing_hit(cam, box, tolerance_px=3)
+    assert loc.pointing_hit(cam, np.array([[9, 3, 12, 6]]))
+    assert loc.pointing_hit(cam, np.array([[2, 2, 8, 8], [9, 3, 12, 6]]))  # any box counts
+    assert not loc.pointing_hit(np.zeros((16, 16)), np.array([[0, 0, 16, 16]]))  # flat map
+    assert loc.peak(np.full((4, 4), 0.3)) is None
+
+
+def test_iou_of_a_known_square():
+    cam = np.zeros((40, 40), dtype=np.float32)
+    cam[10:20, 10:20] = 1.0  # 10 x 10 pixels
+    box = np.array([[15, 15, 25, 25]])  # pixels 15..24: overlap 5 x 5
+    assert loc.cam_iou(cam, box) == pytest.approx(25 / (100 + 100 - 25))
+    assert loc.cam_iou(cam, np.array([[10, 10, 20, 20]])) == 1.0
+    assert loc.cam_iou(cam, np.array([[30, 30, 35, 35]])) == 0.0
+    assert loc.mask_iou(np.zeros((3, 3), bool), np.zeros((3, 3), bool)) == 0.0
+
+
+def test_score_pair_and_its_baselines():
+    size = 64
+    cam = np.zeros((size, size), dtype=np.float32)
+    cam[20, 20] = 1.0
+    score = loc.score_pair("a.png", "Mass", cam, np.array([[16, 16, 32, 32]]))
+    assert score.hit and (score.peak_x, score.peak_y) == (20, 20)
+    assert score.random_hit == pytest.approx(16 * 16 / 64**2)
+    assert not score.centre_hit  # centre pixel 32 has centre 32.5 > 32
+    whole = loc.score_pair("a.png", "Mass", cam, np.array([[0, 0, 64, 64]]))
+    radius = size / 6 * math.sqrt(2 * math.log(2))  # where the Gaussian falls to 0.5
+    assert whole.centre_hit and whole.random_hit == 1.0
+    assert whole.centre_iou == pytest.approx(math.pi * radius**2 / size**2, abs=0.01)
+    with pytest.raises(DataError, match="no Mass box"):
+        loc.score_pair("a.png", "Mass", cam, np.zeros((0, 4)))
+
+
+def test_summarize_counts_and_notes_a_pathology_without_boxes():
+    def pair(hit, iou, random_hit):
+        return loc.PairScore("i", "Mass", 1, hit, iou, 0, 0, random_hit, False, 0.1)
+
+    scores = [pair(True, 0.5, 0.1), pair(False, 0.1, 0.3), pair(True, 0.3, 0.2)]
+    summary = loc.summarize(scores, ["Mass", "Nodule"])
+    assert summary["Mass"]["n"] == 3 and summary["Mass"]["hits"] == 2
+    assert summary["Mass"]["hit_rate"] == pytest.approx(2 / 3)
+    assert summary["Mass"]["mean_iou"] == pytest.approx(0.3)
+    assert summary["Mass"]["random_point_hit_rate"] == pytest.approx(0.2)
+    assert summary["Nodule"]["n"] == 0 and summary["Nodule"]["hit_rate"] is None
+    assert "Nodule" in summary["Nodule"]["note"]
+    empty = loc.summarize([], ["Mass"])
+    assert empty["Mass"]["n"] == 0 and "nothing to score" in empty["Mass"]["note"]
+
+
+def test_boxes_in_pixels_scales_and_checks():
+    frame = pd.DataFrame({"x0": [0.25], "y0": [0.5], "x1": [0.75], "y1": [1.0]})
+    np.testing.assert_allclose(loc.boxes_in_pixels(frame, 64), [[16, 32, 48, 64]])
+    with pytest.raises(DataError, match=r"in \[0, 1\]"):
+        loc.boxes_in_pixels(frame.assign(x1=1.5), 64)
+
+
+# ---- gallery ----------------------------------------------------------------------------------
+def test_gallery_selects_confident_tps_fps_and_missed_fns():
+    y = np.array([1, 1, 0, 0, 1, 0, 1])
+    p = np.array([0.9, 0.6, 0.8, 0.2, 0.1, 0.55, 0.3])
+    chosen = gal.select_gallery(y, p, threshold=0.5, per_group=4)
+    assert chosen["true_positive"].tolist() == [0, 1]
+    assert chosen["false_positive"].tolist() == [2, 5]
+    assert chosen["false_negative"].tolist() == [4, 6]  # lowest probability first
+    one = gal.select_gallery(y, p, threshold=0.5, per_group=1)
+    assert {g: v.tolist() for g, v in one.items()} == {
+        "true_positive": [0],
+        "false_positive": [2],
+        "false_negative": [4],
+    }
+
+
+def test_overlay_draws_boxes_and_peak():
+    image = np.full((32, 32), 100, dtype=np.uint8)
+    cam = np.zeros((32, 32), dtype=np.float32)
+    rgb = gal.overlay(image, cam, np.array([[4, 4, 12, 12]]), peak=(20, 20))
+    assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[4, 8]) == gal.BOX_RGB and tuple(rgb[11, 8]) == gal.BOX_RGB
+    assert tuple(rgb[20, 20]) == gal.PEAK_RGB
+    assert tuple(rgb[8, 8]) != gal.BOX_RGB  # inside the box: the blended image
+    with pytest.raises(DataError, match="differ in size"):
+        gal.overlay(image, np.zeros((16, 16)))
+
+
+# ---- workflow: a tiny trained run with boxes --------------------------------------------------
+BLOB_BOX = (0.25 - 0.16, 0.25 - 0.16, 0.25 + 0.16, 0.25 + 0.16)  # helpers_run's Atelectasis spot
+
+
+def _write_boxes(run_dir: Path, cohort: pd.DataFrame, label: str = "Atelectasis") -> None:
+    positives = cohort.loc[cohort[label] == 1, "Image Index"]
+    x0, y0, x1, y1 = BLOB_BOX
+    rows = [
+        {
+            "Image Index": i,
+            "label": label,
+            "x": x0 * 1024,
+            "y": y0 * 1024,
+            "w": (x1 - x0) * 1024,
+            "h": (y1 - y0) * 1024,
+            "x0": x0,
+            "y0": y0,
+            "x1": x1,
+            "y1": y1,
+        }
+        for i in positives
+    ]
+    pd.DataFrame(rows).to_csv(run_dir / "data" / "boxes.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 64-image, 32 px run with Atelectasis boxes and a simple_cnn trained 3 epochs."""
+    from cxrlab.train.engine import train_model
+
+    run_dir = make_tiny_run(tmp_path_factory.mktemp("explain"), n=64, size=32)
+    cohort = pd.read_csv(run_dir / "data" / "cohort.csv", dtype={"Image Index": str})
+    _write_boxes(run_dir, cohort)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = {
+            "model": {
+                "name": "simple_cnn",
+                "drop_rate": 0.0,
+                "kwargs": {"base_width": 8, "depth": 2},
+            },
+            "train": {"epochs": 3, "batch_size": 16, "accelerator": "cpu", "seed": 0},
+            "optim": {"lr": 3e-3},
+        }
+        train_model(run_dir, config, progress_bar=False)
+    finally:
+        torch.set_num_threads(before)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def _cohort(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "data" / "cohort.csv", dtype={"Image Index": str})
+
+
+def test_explain_gallery_writes_index_overlays_and_scores(run_copy):
+    from cxrlab.explain.workflow import explain_model
+
+    result = explain_model(run_copy, "simple_cnn", per_group=2, progress=False)
+    cohort = _cohort(run_copy)
+    test = cohort[cohort["split"] == "test"]
+    out = run_copy / "reports" / "simple_cnn" / "explain"
+    assert Path(result["out_dir"]) == out
+    summary = json.loads((out / "localization.json").read_text())["per_pathology"]
+    assert summary["Atelectasis"]["n"] == int(test["Atelectasis"].sum())  # every boxed positive
+    assert summary["Effusion"]["n"] == 0 and "Effusion" in summary["Effusion"]["note"]
+    assert summary["Atelectasis"]["random_point_hit_rate"] == pytest.approx(
+        loc.box_mask(np.array(BLOB_BOX) * 32, 32).mean()
+    )
+    index = json.loads((out / "explain.json").read_text())
+    assert index["mode"] == "gallery" and index["split"] == "test"
+    assert index["entries"], "no overlay written"
+    for entry in index["entries"]:
+        assert (run_copy / entry["png"]).is_file()
+        assert entry["image"] in set(test["Image Index"])
+        assert entry["group"] in gal.GROUPS
+        assert (entry["hit"] is None) == (entry["n_boxes"] == 0)
+    for target in ("Atelectasis", "Effusion"):
+        groups = pd.Series([e["group"] for e in index["entries"] if e["pathology"] == target])
+        assert groups.value_counts().max() <= 2
+        assert (out / f"{target}_gallery.png").is_file()
+    table = pd.read_csv(out / "localization.csv")
+    assert table["pathology"].tolist() == ["Atelectasis", "Effusion"]
+    assert len(pd.read_csv(out / "localization_pairs.csv")) == summary["Atelectasis"]["n"]
+    # Ask again for fewer images: the overlays of the first call do not linger.
+    explain_model(run_copy, "simple_cnn", per_group=1, progress=False)
+    index = json.loads((out / "explain.json").read_text())
+    indexed = {run_copy / e["png"] for e in index["entries"]}
+    on_disk = {p for p in out.rglob("*.png") if "_gallery" not in p.name}
+    assert on_disk == indexed
+
+
+def test_explain_uses_predictions_and_thresholds_of_the_evaluate_stage(run_copy):
+    from cxrlab.evaluate.predict import predictions_frame
+    from cxrlab.evaluate.thresholds import save_thresholds
+    from cxrlab.explain.workflow import explain_model
+
+    cohort = _cohort(run_copy)
+    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
+    targets = ["Atelectasis", "Effusion"]
+    probs = np.full((len(test), 2), 0.3)
+    negative = int(np.flatnonzero(test["Atelectasis"].to_numpy() == 0)[0])
+    probs[negative, 0] = 0.95  # the one confident false positive of Atelectasis
+    report_dir = run_copy / "reports" / "simple_cnn" / "test"
+    report_dir.mkdir(parents=True)
+    predictions_frame(test, targets, probs).to_csv(report_dir / "predictions.csv", index=False)
+    save_thresholds(
+        {t: {"threshold": 0.9} for t in targets},
+        run_copy / "models" / "simple_cnn" / "thresholds.json",
+    )
+    result = explain_model(run_copy, "simple_cnn", per_group=3, progress=False)
+    assert result["probability_source"].endswith("predictions.csv")
+    assert result["thresholds"] == {"Atelectasis": 0.9, "Effusion": 0.9}
+    atel = [
+        e
+        for e in json.loads((Path(result["out_dir"]) / "explain.json").read_text())["entries"]
+        if e["pathology"] == "Atelectasis"
+    ]
+    assert [e["image"] for e in atel if e["group"] == "false_positive"] == [
+        test["Image Index"][negative]
+    ]
+    assert not [e for e in atel if e["group"] == "true_positive"]
+    assert len([e for e in atel if e["group"] == "false_negative"]) == 3
+    # A predictions file of another cohort is refused, not silently misaligned.
+    predictions_frame(test.iloc[:-1], targets, probs[:-1]).to_csv(
+        report_dir / "predictions.csv", index=False
+    )
+    with pytest.raises(EvaluationError, match="re-run `cxrlab evaluate`"):
+        explain_model(run_copy, "simple_cnn", progress=False)
+
+
+def test_explain_named_images_covers_every_target(run_copy):
+    from cxrlab.explain.workflow import explain_model
+
+    cohort = _cohort(run_copy)
+    boxed = cohort.loc[cohort["Atelectasis"] == 1, "Image Index"].iloc[0]
+    other = cohort.loc[cohort["Atelectasis"] == 0, "Image Index"].iloc[0]
+    result = explain_model(run_copy, "simple_cnn", images=f"{boxed}, {other}", progress=False)
+    out = run_copy / "reports" / "simple_cnn" / "explain" / "images"
+    assert Path(result["out_dir"]) == out and result["mode"] == "images"
+    entries = json.loads((out / "explain.json").read_text())["entries"]
+    assert sorted((e["image"], e["pathology"]) for e in entries) == sorted(
+        (i, t) for i in (boxed, other) for t in ("Atelectasis", "Effusion")
+    )
+    assert all(e["group"] == "requested" and (run_copy / e["png"]).is_file() for e in entries)
+    assert result["localization"]["Atelectasis"]["n"] == 1
+    assert not (out.parent / "explain.json").exists()  # the split's gallery is left alone
+
+
+def test_unknown_image_and_unknown_model_are_errors(trained_run):
+    from cxrlab.explain.workflow import explain_model
+
+    with pytest.raises(DataError, match="'nope.png' not in the run's cohort"):
+        explain_model(trained_run, "simple_cnn", images=["nope.png"], progress=False)
+    with pytest.raises(ModelError, match="trained models in this run: simple_cnn"):
+        explain_model(trained_run, "resnet18", progress=False)
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        explain_model(trained_run, "simple_cnn", split="dev", progress=False)
+
+
+def test_no_boxes_gives_notes_not_a_crash(run_copy):
+    from cxrlab.explain.workflow import explain_model
+
+    (run_copy / "data" / "boxes.csv").write_text("Image Index,label,x,y,w,h,x0,y0,x1,y1\n")
+    result = explain_model(run_copy, "simple_cnn", per_group=1, progress=False)
+    assert result["n_scored"] == 0
+    assert all(s["n"] == 0 and s["note"] for s in result["localization"].values())
+    assert any("not scored" in note for note in result["notes"])
+    (run_copy / "data" / "boxes.csv").unlink()
+    result = explain_model(run_copy, "simple_cnn", per_group=1, progress=False)
+    assert any("boxes.csv not found" in note for note in result["notes"])
+
+
+def test_cli_explain_prints_the_table(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrlab.cli import (
+        app,
+        explain_command,  # noqa: F401  registers `explain` until the lead does
+    )
+
+    run_dir = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    result = CliRunner().invoke(
+        app,
+        ["explain", str(run_dir), "--model", "simple_cnn", "--per-group", "1", "--no-progress"],
+        env={"COLUMNS": "160"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "Localization" in result.output and "Atelectasis" in result.output
+    assert (run_dir / "reports" / "simple_cnn" / "explain" / "localization.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_explain_on_real_nih_boxes_scores_every_boxed_test_positive(nih_dev, tmp_path):
+    """Real BBox_List boxes (official split: all on test images), a barely trained model."""
+    from cxrlab.config import DataConfig
+    from cxrlab.data.prepare import prepare
+    from cxrlab.explain.workflow import explain_model
+    from cxrlab.train.engine import train_model
+
+    run_dir = tmp_path / "run"
+    prepare(DataConfig(data_root=str(nih_dev), image_size=64, split="official"), run_dir)
+    config = {
+        "model": {"name": "simple_cnn", "kwargs": {"base_width": 8, "depth": 3}},
+        "train": {"epochs": 1, "batch_size": 64, "accelerator": "cpu", "limit_batches": 2},
+    }
+    train_model(run_dir, config, progress_bar=False)
+    result = explain_model(run_dir, "simple_cnn", per_group=1, progress=False)
+
+    cohort = _cohort(run_dir)
+    boxes = pd.read_csv(run_dir / "data" / "boxes.csv", dtype={"Image Index": str})
+    test = cohort[cohort["split"] == "test"]
+    for target, scores in result["localization"].items():
+        positives = set(test.loc[test[target] == 1, "Image Index"])
+        boxed = set(boxes.loc[boxes["label"] == target, "Image Index"]) & positives
+        assert scores["n"] == len(boxed), target
+        assert (scores["n"] == 0) == ("note" in scores)
+    assert sum(s["n"] for s in result["localization"].values()) >= 4  # 1-2 boxes per target
+    pairs = pd.read_csv(Path(result["out_dir"]) / "localization_pairs.csv")
+    assert set(pairs["pathology"]) <= set(result["localization"])  # Pneumonia boxes ignored
