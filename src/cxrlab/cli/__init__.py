@@ -9,6 +9,14 @@ from __future__ import annotations
 from cxrlab.cli.app import app, main
 
 # Importing the command modules registers their commands on `app`.
-from cxrlab.cli import data_commands, eval_commands  # noqa: F401,E402  isort: skip
+from cxrlab.cli import (  # noqa: F401,E402  isort: skip
+    data_commands,
+    train_command,
+    eval_commands,
+    analyze_command,
+    explain_command,
+    report_command,
+    run_commands,
+)
 
 __all__ = ["app", "main"]

@@ -1,0 +1,128 @@
+"""`cxrlab train RUN_DIR`: train one model on a prepared run directory.
+
+cxrlab train RUN_DIR --model simple_cnn --epochs 30
+cxrlab train RUN_DIR --model efficientnet_b0 --pretrained --strategy freeze-then-unfreeze
+cxrlab train RUN_DIR --config configs/resnet18.yaml --lr 3e-4      # flags override the file
+torchrun --nproc-per-node 4 -m cxrlab train RUN_DIR --model densenet121 --pretrained
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from cxrlab.cli.app import app, console
+
+_NOT_GIVEN: Any = None  # every override defaults to "not given": the file's value stays
+
+
+def _devices(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    return int(value) if value.strip().isdigit() else value.strip()
+
+
+@app.command("train")
+def train_command(
+    run_dir: Path = typer.Argument(..., help="Run directory prepared by `cxrlab prepare`."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="YAML experiment config (sections model/optim/schedule/"
+        "augment/train); the flags below override it.",
+    ),
+    model: str = typer.Option(
+        _NOT_GIVEN, help="simple_cnn or a timm name: resnet18, efficientnet_b0, densenet121, ..."
+    ),
+    pretrained: bool = typer.Option(
+        _NOT_GIVEN, "--pretrained/--no-pretrained", help="Start from ImageNet weights."
+    ),
+    weights: Path = typer.Option(_NOT_GIVEN, help="Backbone weights file (.pth/.safetensors)."),
+    strategy: str = typer.Option(
+        _NOT_GIVEN, help="full | freeze-then-unfreeze | linear-probe (transfer learning)."
+    ),
+    freeze_epochs: int = typer.Option(
+        _NOT_GIVEN, help="Head-only epochs before unfreezing (freeze-then-unfreeze)."
+    ),
+    epochs: int = typer.Option(_NOT_GIVEN, help="Maximum epochs (default 30)."),
+    batch_size: int = typer.Option(_NOT_GIVEN, help="Images per batch per device (default 32)."),
+    lr: float = typer.Option(_NOT_GIVEN, help="Learning rate of the head / whole model."),
+    optimizer: str = typer.Option(_NOT_GIVEN, help="adamw (default) or adam."),
+    schedule: str = typer.Option(
+        _NOT_GIVEN, help="cosine (warm-up + cosine, default) | onecycle | plateau | none."
+    ),
+    patience: int = typer.Option(
+        _NOT_GIVEN, help="Early stopping: epochs without val macro AUROC gain (default 5)."
+    ),
+    pos_weight: bool = typer.Option(
+        _NOT_GIVEN, "--pos-weight/--no-pos-weight", help="Weight positives by neg/pos in BCE."
+    ),
+    seed: int = typer.Option(_NOT_GIVEN, help="Seed; the same seed repeats a CPU run exactly."),
+    precision: str = typer.Option(
+        _NOT_GIVEN, help="auto (mixed on CUDA, 32 on CPU) | 32 | 16-mixed | bf16-mixed."
+    ),
+    accelerator: str = typer.Option(_NOT_GIVEN, help="auto | cpu | gpu | cuda | mps."),
+    devices: str = typer.Option(
+        _NOT_GIVEN, help="Devices per node: a number or auto (>1 trains with DDP)."
+    ),
+    num_nodes: int = typer.Option(_NOT_GIVEN, help="Machines for multi-node DDP."),
+    num_workers: int = typer.Option(_NOT_GIVEN, help="DataLoader worker processes (default 0)."),
+    hflip: bool = typer.Option(
+        _NOT_GIVEN, "--hflip/--no-hflip", help="Random horizontal flips (off: it moves the heart)."
+    ),
+    rotation: float = typer.Option(_NOT_GIVEN, help="Random rotation range, +- degrees."),
+    name: str = typer.Option(None, help="Model folder under RUN_DIR/models (default: model)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from models/NAME/last.ckpt."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing models/NAME instead of refusing."
+    ),
+) -> None:
+    """Train a multi-label classifier; writes RUN_DIR/models/NAME (checkpoints, metrics)."""
+    from cxrlab.train.engine import resolve_config, train_model
+
+    overrides = {
+        "model.name": model,
+        "model.pretrained": pretrained,
+        "model.weights": str(weights) if weights is not None else None,
+        "train.strategy": strategy,
+        "train.freeze_epochs": freeze_epochs,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "optim.lr": lr,
+        "optim.name": optimizer,
+        "schedule.name": schedule,
+        "train.patience": patience,
+        "train.pos_weight": pos_weight,
+        "train.seed": seed,
+        "train.precision": precision,
+        "train.accelerator": accelerator,
+        "train.devices": _devices(devices),
+        "train.num_nodes": num_nodes,
+        "train.num_workers": num_workers,
+        "augment.hflip": hflip,
+        "augment.rotation_deg": rotation,
+    }
+    resolved, model_name = resolve_config(run_dir, config, overrides, name, resume)
+    result = train_model(run_dir, resolved, name=model_name, resume=resume, overwrite=overwrite)
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every rank runs this command
+        _print_result(result)
+
+
+def _print_result(result) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row("model folder", str(result.model_dir))
+    best = "n/a" if result.best_epoch is None else str(result.best_epoch)
+    auroc = "n/a" if result.best_val_auroc is None else f"{result.best_val_auroc:.4f}"
+    table.add_row("best epoch", best)
+    table.add_row("best val macro AUROC", auroc)
+    table.add_row(
+        "epochs run", f"{result.epochs_run}{' (early stop)' if result.stopped_early else ''}"
+    )
+    console.print("[green]training finished[/]")
+    console.print(table)

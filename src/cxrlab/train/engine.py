@@ -1,0 +1,334 @@
+"""`train_model`: one model on one prepared run directory, with PyTorch Lightning.
+
+Writes `RUN_DIR/models/<name>/`: `config.yaml` (the resolved `ExperimentConfig`), `run.json`
+(versions, seed, split hash, trainer settings, timestamps), `metrics.csv` (one row per
+epoch), `best.ckpt` (highest val macro AUROC) and `last.ckpt`. Each checkpoint also carries
+a `cxrlab` block (targets, image size, mean/std, config, versions, split hash), so
+`load_model_from_checkpoint` rebuilds the model from the file alone.
+
+Lightning does the loop, mixed precision, DDP (under `torchrun`, or `devices > 1`, which
+Lightning launches itself), checkpoints, early stopping and the progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.utilities import rank_zero_only
+
+from cxrlab.config import (
+    ExperimentConfig,
+    TrainConfig,
+    build,
+    load_yaml,
+    merge_overrides,
+    to_yaml,
+)
+from cxrlab.errors import ConfigError, DataError, ModelError
+from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
+from cxrlab.train.callbacks import MetricsCSV
+from cxrlab.train.data import RunData, load_run_data, make_loader, pos_weight
+from cxrlab.train.module import ChestXrayClassifier, build_network
+from cxrlab.train.trainer import make_trainer, trainer_settings
+
+log = logging.getLogger(__name__)
+
+#: Settings of the machine, not of the experiment: they may change on `--resume`.
+RESUME_MAY_DIFFER = frozenset(
+    {
+        "train.accelerator",
+        "train.devices",
+        "train.num_nodes",
+        "train.num_workers",
+        "train.precision",
+    }
+)
+#: A folder holding any of these has trained; config.yaml/run.json alone do not count (they
+#: are written before fit, and DDP workers that Lightning launches re-run train_model).
+_TRAINED = ("best.ckpt", "last.ckpt", "metrics.csv")
+_ARTIFACTS = (*_TRAINED, "config.yaml", "run.json", "thresholds.json")  # thresholds: stale
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train_model` produced."""
+
+    model_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_epoch: int | None  # 0-based; None when no epoch had a defined val macro AUROC
+    best_val_auroc: float | None
+    epochs_run: int  # epochs in metrics.csv (after a resume: all of them)
+    stopped_early: bool
+
+
+def train_model(
+    run_dir: str | Path,
+    config: ExperimentConfig | dict[str, Any],
+    name: str | None = None,
+    resume: bool = False,
+    *,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress_bar: bool = True,
+) -> TrainResult:
+    """Train `config.model` on RUN_DIR's train split, validating on its val split.
+
+    Args:
+        name: model folder under RUN_DIR/models (default: the model name).
+        resume: continue from `last.ckpt`; the config must match the saved one except for
+            machine settings (`RESUME_MAY_DIFFER`).
+        overwrite: replace an existing, finished or not, model folder of that name.
+        callbacks: extra Lightning callbacks (tests use them to interrupt a run).
+        progress_bar: show a progress bar (rich on a terminal, tqdm otherwise).
+    """
+    run_dir = Path(run_dir)
+    config = config if isinstance(config, ExperimentConfig) else build(ExperimentConfig, config)
+    name = name or config.model.name
+    model_dir = run_dir / "models" / _check_name(name)
+    data = load_run_data(run_dir)
+    if resume:
+        _check_resumable(model_dir, config, data)
+    else:
+        _start_fresh(model_dir, overwrite)
+    L.seed_everything(config.train.seed, workers=True)  # model init; epochs re-seed themselves
+    settings = trainer_settings(config.train)
+    started = _now()
+    _write_run_files(model_dir, config, data, settings, {"started": started})
+    metrics_cb = MetricsCSV(model_dir / "metrics.csv", data.targets)
+    trainer = make_trainer(config, model_dir, settings, metrics_cb, callbacks, progress_bar)
+    module = _make_module(config, data, name, pretrained=not resume)
+    loaders = [_loader(data, split, config.train, settings) for split in ("train", "val")]
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer.fit(module, *loaders, ckpt_path=model_dir / "last.ckpt" if resume else None)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    return _finish(trainer, metrics_cb, model_dir, config, data, settings, started)
+
+
+def resolve_config(
+    run_dir: str | Path,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    name: str | None = None,
+    resume: bool = False,
+) -> tuple[ExperimentConfig, str]:
+    """The experiment config and model name a `cxrlab train` call means.
+
+    Base: `config_file`, or, on resume without one, the run's saved `config.yaml`; then the
+    dotted `overrides` (None = flag not given) win. Unknown keys raise `ConfigError` listing
+    the valid ones.
+    """
+    overrides = overrides or {}
+    base = load_yaml(config_file) if config_file else {}
+    source = str(config_file) if config_file else "command-line options"
+    config = build(ExperimentConfig, merge_overrides(base, overrides), source=source)
+    name = _check_name(name or config.model.name)
+    saved = Path(run_dir) / "models" / name / "config.yaml"
+    if resume and not config_file and saved.is_file():
+        base = load_yaml(saved)
+        config = build(ExperimentConfig, merge_overrides(base, overrides), source=str(saved))
+    return config, name
+
+
+def _check_name(name: str) -> str:
+    if not name or name in (".", "..") or any(c in name for c in "/\\"):
+        raise ConfigError(f"model name {name!r} must be a plain folder name (no '/', not '.')")
+    return name
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _loader(data: RunData, split: str, train: TrainConfig, settings: dict[str, Any]):
+    # rank/world size: looked up from the DDP process group when the loader is iterated
+    return make_loader(
+        data,
+        split,
+        train.batch_size,
+        train=split == "train",
+        seed=train.seed,
+        num_workers=train.num_workers,
+        pin_memory=settings["on_cuda"],
+    )
+
+
+def _make_module(config: ExperimentConfig, data: RunData, name: str, *, pretrained: bool):
+    train_labels = data.labels[data.rows("train")]
+    weight = pos_weight(train_labels, data.targets).tolist() if config.train.pos_weight else None
+    provenance = {
+        "name": name,
+        "seed": config.train.seed,
+        "split_hash": data.split_hash,
+        "versions": package_versions(),
+    }
+    return ChestXrayClassifier(
+        config.model_dump(mode="json"),
+        data.targets,
+        data.image_size,
+        pos_weight=weight,
+        provenance=provenance,
+        pretrained=pretrained,
+    )
+
+
+# ---- model folder: fresh, resume, finish ------------------------------------------------------
+def _start_fresh(model_dir: Path, overwrite: bool) -> None:
+    if any((model_dir / f).exists() for f in _TRAINED) and not overwrite:
+        existing = [f for f in _ARTIFACTS if (model_dir / f).exists()]
+        raise ConfigError(
+            f"{model_dir} already holds {', '.join(existing)}; pass --resume to continue that"
+            " run, --name to train under another name, or --overwrite to replace it"
+        )
+    existing = [f for f in _ARTIFACTS if (model_dir / f).exists()]
+    if existing and rank_zero_only.rank == 0:
+        for f in existing:
+            (model_dir / f).unlink()
+        log.info("removed the previous run's %s from %s", ", ".join(existing), model_dir)
+
+
+def _check_resumable(model_dir: Path, config: ExperimentConfig, data: RunData) -> None:
+    last, saved_path = model_dir / "last.ckpt", model_dir / "config.yaml"
+    if not last.is_file():
+        raise ConfigError(f"cannot resume: {last} not found; train without --resume first")
+    if saved_path.is_file():
+        saved = build(ExperimentConfig, load_yaml(saved_path), source=str(saved_path))
+        diffs = config_differences(saved, config, ignore=RESUME_MAY_DIFFER)
+        if diffs:
+            raise ConfigError(
+                f"cannot resume {model_dir}: the config differs from the saved {saved_path} in "
+                + "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in diffs)
+                + ". Resume with the saved settings, or train under another --name"
+            )
+    run_json = model_dir / "run.json"
+    saved_hash = read_json(run_json).get("split_hash") if run_json.is_file() else None
+    if saved_hash and data.split_hash and saved_hash != data.split_hash:
+        raise DataError(
+            f"cannot resume {model_dir}: it was trained on split {saved_hash[:12]}..., but "
+            f"{data.run_dir}/data now holds split {data.split_hash[:12]}...; re-prepare or retrain"
+        )
+
+
+def config_differences(
+    old: ExperimentConfig, new: ExperimentConfig, ignore: frozenset[str] = frozenset()
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs, sorted by key."""
+    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    keys = sorted((set(a) | set(b)) - ignore)
+    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and prefix.count(".") < 1:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _write_run_files(
+    model_dir: Path,
+    config: ExperimentConfig,
+    data: RunData,
+    settings: dict[str, Any],
+    extra: dict[str, Any],
+) -> None:
+    if rank_zero_only.rank != 0:
+        return
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(model_dir / "config.yaml", to_yaml(config))
+    run_json = model_dir / "run.json"
+    previous = read_json(run_json) if run_json.is_file() else {}
+    info = {
+        **previous,
+        "run_dir": str(data.run_dir.resolve()),
+        "targets": data.targets,
+        "image_size": data.image_size,
+        "seed": config.train.seed,
+        "split_hash": data.split_hash,
+        "trainer": {k: str(v) for k, v in settings.items()},
+        "versions": package_versions(),
+        **extra,
+    }
+    if previous.get("started") and "started" in extra:
+        info["resumed"] = [*previous.get("resumed", []), extra["started"]]
+        info["started"] = previous["started"]
+    write_json(run_json, info)
+
+
+def _finish(
+    trainer: L.Trainer,
+    metrics_cb: MetricsCSV,
+    model_dir: Path,
+    config: ExperimentConfig,
+    data: RunData,
+    settings: dict[str, Any],
+    started: str,
+) -> TrainResult:
+    best = metrics_cb.best()
+    stopper = next(cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping))
+    result = TrainResult(
+        model_dir=model_dir,
+        best_checkpoint=model_dir / "best.ckpt",
+        last_checkpoint=model_dir / "last.ckpt",
+        best_epoch=best[0] if best else None,
+        best_val_auroc=best[1] if best else None,
+        epochs_run=len(metrics_cb.rows),
+        stopped_early=stopper.stopped_epoch > 0,
+    )
+    summary = {
+        "finished": _now(),
+        "best_epoch": result.best_epoch,
+        "best_val_auroc_macro": result.best_val_auroc,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+    }
+    _write_run_files(model_dir, config, data, settings, summary)
+    log.info("trained %s: best epoch %s, val macro AUROC %s", model_dir, *summary.values())
+    return result
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def load_model_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the trained network from a checkpoint alone; returns (model in eval, info).
+
+    `info` is the checkpoint's `cxrlab` block (model, targets, image_size, mean, std,
+    config, versions, split_hash, seed, name) plus `epoch` and `path`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # unpickling errors have many types
+        raise ModelError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    info = checkpoint.get("cxrlab") if isinstance(checkpoint, dict) else None
+    if not info or "config" not in info:
+        raise ModelError(f"{path} is not a cxrlab training checkpoint (no 'cxrlab' block)")
+    config = build(ExperimentConfig, info["config"], source=f"{path} (cxrlab.config)")
+    model = build_network(config, len(info["targets"]), pretrained=False)
+    state = {
+        k.removeprefix("model."): v
+        for k, v in checkpoint["state_dict"].items()
+        if k.startswith("model.")
+    }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit {info['model']}: {exc}") from None
+    model.to(map_location).eval()
+    return model, {**info, "epoch": checkpoint.get("epoch"), "path": str(path)}
