@@ -69,10 +69,18 @@ def analyze_model(
     save_layer_features(out_dir, feats, ids)
     meta = cohort.iloc[rows].reset_index(drop=True)
     result = run_analysis(
-        feats[layers[0]], meta, targets, out_dir,
-        scaling=scaling, k=k, k_range=k_range, n_components=n_components, seed=seed,
-        layer=layers[0], probe_features=feats,
-    )  # fmt: skip
+        feats[layers[0]],
+        meta,
+        targets,
+        out_dir,
+        scaling=scaling,
+        k=k,
+        k_range=k_range,
+        n_components=n_components,
+        seed=seed,
+        layer=layers[0],
+        probe_features=feats,
+    )
     log.info("analysis of %s (%s, %d images) written to %s", name, split, rows.size, out_dir)
     return result
 
@@ -83,6 +91,10 @@ def _batches(images, rows, mean, std, batch_size: int, progress: bool) -> Iterat
     from cxrlab.evaluate.predict import to_model_input
 
     rows = np.asarray(rows)
-    for start in tqdm(range(0, len(rows), batch_size), desc="extracting features",
-                      disable=not progress, unit="batch"):  # fmt: skip
+    for start in tqdm(
+        range(0, len(rows), batch_size),
+        desc="extracting features",
+        disable=not progress,
+        unit="batch",
+    ):
         yield to_model_input(images[rows[start : start + batch_size]], mean, std)

@@ -35,10 +35,16 @@ def analyze_command(
             console.print(name)
         return
     result = analyze_model(
-        run_dir, model, layers=[s.strip() for s in layers.split(",") if s.strip()],
-        split=split, scaling=scaling, k=k, k_range=(k_min, k_max),
-        n_components=n_components, seed=seed,
-    )  # fmt: skip
+        run_dir,
+        model,
+        layers=[s.strip() for s in layers.split(",") if s.strip()],
+        split=split,
+        scaling=scaling,
+        k=k,
+        k_range=(k_min, k_max),
+        n_components=n_components,
+        seed=seed,
+    )
     out = analysis_dir(run_dir, model)
     summary = out / "summary.md"
     if summary.is_file():

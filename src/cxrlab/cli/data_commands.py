@@ -23,15 +23,24 @@ def synth_command(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same bytes."),
     image_size: int = typer.Option(256, min=64, max=1024, help="PNG side in pixels."),
     workers: int = typer.Option(1, min=1, help="Processes drawing images."),
+    overwrite: bool = typer.Option(False, help="Replace the contents of a non-empty OUT."),
 ) -> None:
     """Write a synthetic data set in the exact NIH layout (no download needed)."""
     from cxrlab.data.synth import write_synthetic_dataset
 
     info = write_synthetic_dataset(
-        out, patients=patients, seed=seed, image_size=image_size, workers=workers
+        out,
+        patients=patients,
+        seed=seed,
+        image_size=image_size,
+        workers=workers,
+        overwrite=overwrite,
     )
-    console.print(f"[green]synthetic NIH data set written to[/] {out}")
-    console.print(f"{info}")
+    counts = ", ".join(f"{k} {v}" for k, v in info.label_counts.items())
+    console.print(
+        f"[green]synthetic NIH data set written to[/] {out}: {info.images} images of "
+        f"{info.patients} patients, {info.boxes} boxes; labels: {counts}"
+    )
 
 
 @app.command("prepare")
@@ -63,15 +72,25 @@ def prepare_command(
     options = build(
         DataConfig,
         {
-            "data_root": str(data_root), "pathologies": pathologies, "n_images": n_images,
-            "one_per_patient": one_per_patient, "sampling": sampling,
-            "min_positives": min_positives, "views": _csv_list(views), "age_min": age_min,
-            "age_max": age_max, "split": split, "val": val, "test": test,
-            "image_size": image_size, "drop_missing": drop_missing, "workers": workers,
+            "data_root": str(data_root),
+            "pathologies": pathologies,
+            "n_images": n_images,
+            "one_per_patient": one_per_patient,
+            "sampling": sampling,
+            "min_positives": min_positives,
+            "views": _csv_list(views),
+            "age_min": age_min,
+            "age_max": age_max,
+            "split": split,
+            "val": val,
+            "test": test,
+            "image_size": image_size,
+            "drop_missing": drop_missing,
+            "workers": workers,
             "seed": seed,
         },
         source="prepare options",
-    )  # fmt: skip
+    )
     result = prepare(options, out)
     print_prepare(result)
 

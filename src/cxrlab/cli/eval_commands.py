@@ -33,9 +33,15 @@ def evaluate_command(
     from cxrlab.evaluate.workflow import EvalOptions, evaluate_model
 
     options = EvalOptions(
-        split=split, threshold=threshold, target_sensitivity=sensitivity, n_boot=bootstrap,
-        seed=seed, temperature=temperature, batch_size=batch_size, drop_missing=drop_missing,
-    )  # fmt: skip
+        split=split,
+        threshold=threshold,
+        target_sensitivity=sensitivity,
+        n_boot=bootstrap,
+        seed=seed,
+        temperature=temperature,
+        batch_size=batch_size,
+        drop_missing=drop_missing,
+    )
     result = evaluate_model(run_dir, model, options, data_root=data_root)
     print_evaluation(result)
 

@@ -1,0 +1,157 @@
+"""`cxrlab compare`: every evaluated model of a run, on the same images, side by side.
+
+For each pair of models: DeLong's test per class and a paired bootstrap over patients of
+ΔAUROC per class and macro. Figures put all models on one axes per class, with one colour
+per model throughout (`figures.model_colors`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cxrlab.errors import EvaluationError
+from cxrlab.evaluate.bootstrap import paired_bootstrap
+from cxrlab.evaluate.delong import compare_delong
+from cxrlab.evaluate.figures import (
+    plot_auroc_comparison,
+    plot_pr_curves,
+    plot_reliability,
+    plot_roc_curves,
+)
+from cxrlab.evaluate.metrics import Predictions, read_predictions
+from cxrlab.evaluate.tables import format_ci, paired_table, save_table
+from cxrlab.runinfo import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+def evaluated_models(run_dir: str | Path, split: str = "test") -> list[str]:
+    """Models with `reports/<name>/<split>/metrics.json`, sorted by name."""
+    reports = Path(run_dir) / "reports"
+    return sorted(
+        p.parent.parent.name for p in reports.glob(f"*/{split}/metrics.json") if p.is_file()
+    )
+
+
+def compare_models(
+    run_dir: str | Path,
+    split: str = "test",
+    models: list[str] | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Compare evaluated models; writes `reports/compare/<split>/` and returns its summary."""
+    run_dir = Path(run_dir)
+    names = models or evaluated_models(run_dir, split)
+    if len(names) < 1:
+        raise EvaluationError(
+            f"no evaluated model in {run_dir}/reports (split {split!r});"
+            " run `cxrlab evaluate` for each model first"
+        )
+    preds = {name: _read(run_dir, name, split) for name in names}
+    y, patient_ids, targets = _common(preds)
+    out_dir = run_dir / "reports" / "compare" / split
+    pairs = {}
+    for a, b in itertools.combinations(names, 2):
+        pairs[f"{a} vs {b}"] = {
+            "a": a,
+            "b": b,
+            "delong": compare_delong(y, preds[a].p, preds[b].p, targets),
+            "paired_bootstrap": paired_bootstrap(
+                y, preds[a].p, preds[b].p, patient_ids, n_boot=n_boot, seed=seed, targets=targets
+            ),
+        }
+    metrics = {
+        name: read_json(run_dir / "reports" / name / split / "metrics.json") for name in names
+    }
+    summary = {
+        "split": split,
+        "models": names,
+        "targets": targets,
+        "n_images": int(y.shape[0]),
+        "pairs": pairs,
+        "auroc": {name: _auroc_row(m, targets) for name, m in metrics.items()},
+        "best": _best(metrics, targets),
+    }
+    write_json(out_dir / "comparison.json", summary)
+    _write_tables(summary, metrics, targets, out_dir)
+    probs = {name: preds[name].p for name in names}
+    fig_dir = out_dir / "figures"
+    plot_roc_curves(y, probs, targets, fig_dir)
+    plot_pr_curves(y, probs, targets, fig_dir)
+    plot_reliability(y, probs, targets, fig_dir)
+    plot_auroc_comparison({n: m["ci"] for n, m in metrics.items()}, targets, fig_dir)
+    return summary
+
+
+def _read(run_dir: Path, name: str, split: str) -> Predictions:
+    path = run_dir / "reports" / name / split / "predictions.csv"
+    return read_predictions(path)
+
+
+def _common(preds: dict[str, Predictions]):
+    """The labels all models share; refuse files that cover different images or targets."""
+    first_name, first = next(iter(preds.items()))
+    for name, other in preds.items():
+        if other.targets != first.targets:
+            raise EvaluationError(
+                f"{name} predicts {list(other.targets)} but {first_name} {list(first.targets)}"
+            )
+        if len(other.ids) != len(first.ids) or not np.array_equal(other.ids, first.ids):
+            raise EvaluationError(
+                f"{name} and {first_name} were evaluated on different images;"
+                " re-evaluate both on the same run and split"
+            )
+    return first.y, first.patient_ids, list(first.targets)
+
+
+def _auroc_row(metrics: dict, targets: list[str]) -> dict:
+    ci = metrics["ci"]
+    row = {t: ci["per_class"][t]["auroc"] for t in targets}
+    row["macro"] = ci["macro"]["auroc"]
+    return row
+
+
+def _best(metrics: dict[str, dict], targets: list[str]) -> dict:
+    """Per class (and macro): the model with the highest AUROC point estimate."""
+    best = {}
+    for key in [*targets, "macro"]:
+        scored = []
+        for name, m in metrics.items():
+            entry = (
+                m["ci"]["macro"]["auroc"] if key == "macro" else m["ci"]["per_class"][key]["auroc"]
+            )
+            if entry.get("estimate") is not None:
+                scored.append((entry["estimate"], name, entry))
+        if scored:
+            estimate, name, entry = max(scored, key=lambda s: s[0])
+            best[key] = {
+                "model": name,
+                "auroc": estimate,
+                "low": entry["low"],
+                "high": entry["high"],
+            }
+    return best
+
+
+def _write_tables(summary: dict, metrics: dict, targets: list[str], out_dir: Path) -> None:
+    import pandas as pd
+
+    rows = []
+    for name, row in summary["auroc"].items():
+        cells = {k: format_ci(v["estimate"], v["low"], v["high"]) for k, v in row.items()}
+        rows.append({"model": name, **cells})
+    save_table(pd.DataFrame(rows).set_index("model"), out_dir, "auroc")
+    for label, pair in summary["pairs"].items():
+        stem = "paired_" + label.replace(" vs ", "_vs_")
+        table = paired_table(pair["paired_bootstrap"])
+        delong_p = {t: pair["delong"][t].get("p_value") for t in targets}
+        table["DeLong p"] = [
+            "—" if delong_p.get(c) is None else f"{delong_p[c]:.3g}" for c in table.index
+        ]
+        save_table(table, out_dir, stem)

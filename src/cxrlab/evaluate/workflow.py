@@ -1,0 +1,238 @@
+"""The evaluate stage: checkpoint → predictions → thresholds (val only) → metrics, CIs, figures.
+
+Layout, per model `<name>` (docs/ARCHITECTURE.md):
+  RUN_DIR/models/<name>/thresholds.json        chosen on the validation split only
+  RUN_DIR/reports/<name>/val/predictions.csv   used for thresholds and temperature only
+  RUN_DIR/reports/<name>/<split>/              predictions.csv/.json, metrics.json, tables,
+                                               figures (roc, pr, confusion, reliability)
+  RUN_DIR/reports/<name>/external-<dir>/       the same for another NIH-layout data set
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrlab.errors import EvaluationError
+from cxrlab.evaluate.bootstrap import bootstrap_ci
+from cxrlab.evaluate.calibration import TemperatureScaler, calibration_report
+from cxrlab.evaluate.figures import (
+    plot_confusion_matrices,
+    plot_pr_curves,
+    plot_reliability,
+    plot_roc_curves,
+    plot_training_curves,
+)
+from cxrlab.evaluate.metrics import Predictions, compute_metrics, read_predictions
+from cxrlab.evaluate.predict import predict_images, predictions_frame, write_predictions
+from cxrlab.evaluate.subgroups import subgroup_auroc_of
+from cxrlab.evaluate.tables import (
+    multilabel_table,
+    per_class_table,
+    save_table,
+    subgroup_table,
+    threshold_table,
+)
+from cxrlab.evaluate.thresholds import choose_thresholds, save_thresholds
+from cxrlab.runinfo import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalOptions:
+    """How to evaluate; the defaults are what `cxrlab evaluate` uses."""
+
+    split: str = "test"  # test (default) or val; external sets use --data-root
+    threshold: str = "max_f1"  # max_f1 | youden | fixed_sensitivity, chosen on val only
+    target_sensitivity: float = 0.90  # for threshold=fixed_sensitivity
+    n_boot: int = 1000  # bootstrap resamples over patients for every CI
+    seed: int = 0  # bootstrap seed
+    temperature: bool = False  # fit temperature scaling on val and apply it
+    batch_size: int = 64
+    figures: bool = True
+    drop_missing: bool = False  # external sets: leave out listed-but-missing images
+    age_edges: list[int] = field(default_factory=lambda: [40, 60, 80])
+
+
+def model_dir(run_dir: Path, name: str) -> Path:
+    path = Path(run_dir) / "models" / name
+    if not (path / "best.ckpt").is_file():
+        found = sorted(p.name for p in (Path(run_dir) / "models").glob("*") if p.is_dir())
+        raise EvaluationError(
+            f"no trained model {name!r} in {run_dir}/models (found: {', '.join(found) or 'none'});"
+            f" run `cxrlab train {run_dir} --model ...` first"
+        )
+    return path
+
+
+def evaluate_model(
+    run_dir: str | Path,
+    name: str,
+    options: EvalOptions | None = None,
+    *,
+    data_root: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate model `name` of a run on its test split (or an external NIH-layout set)."""
+    from cxrlab.train.data import load_run_data
+    from cxrlab.train.engine import load_model_from_checkpoint
+
+    options = options or EvalOptions()
+    run_dir = Path(run_dir)
+    mdir = model_dir(run_dir, name)
+    model, info = load_model_from_checkpoint(mdir / "best.ckpt")
+    data = load_run_data(run_dir)
+    if info.get("split_hash") and data.split_hash and info["split_hash"] != data.split_hash:
+        raise EvaluationError(
+            f"model {name!r} was trained on another split (hash {info['split_hash'][:12]}) than"
+            f" {run_dir}'s (hash {data.split_hash[:12]}); re-train it on this run"
+        )
+    sidecar = {
+        "run_id": str(run_dir.resolve()),
+        "split_hash": data.split_hash,
+        "model": name,
+        "targets": data.targets,
+        "checkpoint_epoch": info.get("epoch"),
+    }
+    reports = run_dir / "reports" / name
+    cohort = _cohort(run_dir)
+    val_dir = _predict_split(model, info, data, cohort, "val", reports, sidecar, options, progress)
+    val = read_predictions(val_dir / "predictions.csv", data.targets)
+    thresholds = choose_thresholds(
+        val.y, val.p, val.targets, options.threshold, options.target_sensitivity
+    )
+    save_thresholds(thresholds, mdir / "thresholds.json")
+    scaler = TemperatureScaler().fit(val.p, val.y) if options.temperature else None
+    if data_root is not None:
+        from cxrlab.evaluate.external import predict_external
+
+        out_dir = predict_external(
+            model, info, run_dir, name, data_root, sidecar, options, progress
+        )
+    else:
+        out_dir = _predict_split(
+            model, info, data, cohort, options.split, reports, sidecar, options, progress
+        )
+    result = evaluate_predictions(
+        out_dir / "predictions.csv",
+        thresholds,
+        options,
+        scaler=scaler,
+        training_csv=mdir / "metrics.csv",
+        model_name=name,
+    )
+    return result
+
+
+def _cohort(run_dir: Path):
+    from cxrlab.data.prepare import load_cohort
+
+    return load_cohort(run_dir)[0]
+
+
+def _predict_split(model, info, data, cohort, split, reports, sidecar, options, progress) -> Path:
+    rows = data.rows(split)
+    if rows.size == 0:
+        raise EvaluationError(f"split {split!r} of {data.run_dir} has no images")
+    probs = predict_images(
+        model,
+        data.images,
+        rows,
+        info["mean"],
+        info["std"],
+        batch_size=options.batch_size,
+        progress=progress,
+        desc=f"predicting {split}",
+    )
+    frame = predictions_frame(cohort.iloc[rows], data.targets, probs)
+    out_dir = reports / split
+    write_predictions(frame, out_dir, {**sidecar, "split": split})
+    return out_dir
+
+
+def evaluate_predictions(
+    path: str | Path,
+    thresholds: dict,
+    options: EvalOptions,
+    *,
+    scaler: TemperatureScaler | None = None,
+    training_csv: Path | None = None,
+    model_name: str = "model",
+) -> dict:
+    """Metrics, patient-bootstrap CIs, calibration, subgroups, tables and figures for one file."""
+    path = Path(path)
+    out_dir = path.parent
+    preds = read_predictions(path)
+    p = preds.p
+    if scaler is not None:
+        p = scaler.transform(p)
+        preds = _with_p(preds, p)
+    metrics = compute_metrics(preds.y, p, thresholds, preds.targets)
+    ci = bootstrap_ci(
+        preds.y,
+        p,
+        preds.patient_ids,
+        thresholds,
+        preds.targets,
+        n_boot=options.n_boot,
+        seed=options.seed,
+    )
+    result = {
+        "model": model_name,
+        "predictions": path.name,
+        "n_images": int(preds.y.shape[0]),
+        "n_patients": int(len(set(preds.patient_ids.tolist()))),
+        "options": options.__dict__,
+        "thresholds": thresholds,
+        "metrics": metrics,
+        "ci": ci,
+        "calibration": calibration_report(preds.y, p, preds.targets),
+        "subgroups": subgroup_auroc_of(
+            preds,
+            n_boot=max(200, options.n_boot // 5),
+            seed=options.seed,
+            age_edges=options.age_edges,
+        ),
+        "temperature": getattr(scaler, "temperature_", None),
+    }
+    write_json(out_dir / "metrics.json", result)
+    _tables(result, out_dir)
+    if options.figures:
+        _figures(preds, p, metrics, out_dir, model_name, training_csv)
+    return result
+
+
+def _with_p(preds: Predictions, p: np.ndarray) -> Predictions:
+    from dataclasses import replace
+
+    return replace(preds, p=p)
+
+
+def _tables(result: dict, out_dir: Path) -> None:
+    metrics, ci = result["metrics"], result["ci"]
+    save_table(per_class_table(metrics, ci), out_dir, "per_class")
+    save_table(multilabel_table(metrics, ci), out_dir, "multilabel")
+    save_table(threshold_table(metrics), out_dir, "thresholds")
+    save_table(subgroup_table(result["subgroups"]), out_dir, "subgroups")
+
+
+def _figures(preds, p, metrics, out_dir: Path, name: str, training_csv: Path | None) -> None:
+    fig_dir = out_dir / "figures"
+    probs = {name: p}
+    plot_roc_curves(preds.y, probs, preds.targets, fig_dir)
+    plot_pr_curves(preds.y, probs, preds.targets, fig_dir)
+    plot_confusion_matrices(preds.y, p, metrics["thresholds"], preds.targets, fig_dir)
+    plot_reliability(preds.y, probs, preds.targets, fig_dir)
+    if training_csv is not None and Path(training_csv).is_file():
+        plot_training_curves(training_csv, fig_dir)
+
+
+def load_metrics(run_dir: str | Path, name: str, split: str = "test") -> dict:
+    path = Path(run_dir) / "reports" / name / split / "metrics.json"
+    if not path.is_file():
+        raise EvaluationError(f"{path} not found; run `cxrlab evaluate {run_dir} --model {name}`")
+    return read_json(path)

@@ -1,0 +1,310 @@
+"""`cxrlab run CONFIG`: the whole study in one run directory, re-runnable stage by stage.
+
+prepare → train (each model) → evaluate (each) → compare → analyze → explain (each) → report.
+
+Each stage has an input key: a hash of its config section and of what it consumes (the
+split hash, a checkpoint's hash, the keys of the stages before it). A stage whose key and
+outputs are unchanged since its last success is skipped; any other runs. `stages.json` in the
+run directory records every stage's key, status and time. A failing stage raises
+`StageError` naming it; what earlier stages wrote stays intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxrlab.config import (
+    ModelEntry,
+    StudyConfig,
+    experiment_of,
+    to_yaml,
+)
+from cxrlab.errors import StageError
+from cxrlab.runinfo import (
+    package_versions,
+    read_json,
+    sha256_file,
+    sha256_json,
+    write_atomic,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+STAGES_FILE = "stages.json"
+SYNTH_DIR = "synthetic-data"
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class StudyResult:
+    run_dir: Path
+    records: list[StageRecord] = field(default_factory=list)
+    report: Path | None = None
+
+    def ran(self) -> list[str]:
+        return [r.name for r in self.records if r.status == "done"]
+
+    def skipped(self) -> list[str]:
+        return [r.name for r in self.records if r.status == "skipped"]
+
+
+class _Ledger:
+    """stages.json: the key each stage last succeeded with."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / STAGES_FILE
+        self.entries: dict[str, dict] = read_json(self.path) if self.path.is_file() else {}
+
+    def fresh(self, stage: str, key: str, outputs: list[Path]) -> bool:
+        entry = self.entries.get(stage, {})
+        return (
+            entry.get("status") == "done"
+            and entry.get("key") == key
+            and all(p.exists() for p in outputs)
+        )
+
+    def record(self, stage: str, key: str, status: str, seconds: float, error: str = "") -> None:
+        self.entries[stage] = {
+            "key": key,
+            "status": status,
+            "seconds": round(seconds, 2),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "error": error,
+        }
+        write_json(self.path, self.entries)
+
+
+class Study:
+    """One `cxrlab run`: holds the config, the run directory and the stage ledger."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        run_dir: str | Path,
+        *,
+        progress: bool = True,
+        on_stage: Callable[[StageRecord], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.on_stage = on_stage or (lambda record: None)
+        self.entries = config.model_entries()
+        self.result = StudyResult(self.run_dir)
+
+    # -- running ------------------------------------------------------------------------
+    def run(self) -> StudyResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = _Ledger(self.run_dir)
+        write_atomic(self.run_dir / "study.yaml", to_yaml(self.config))
+        write_json(self.run_dir / "versions.json", package_versions())
+        data_key = self._stage_prepare()
+        for entry in self.entries:
+            self._stage_train(entry, data_key)
+        for entry in self.entries:
+            self._stage_evaluate(entry)
+        self._stage_compare()
+        self._stage_analyze()
+        for entry in self._explained():
+            self._stage_explain(entry)
+        self._stage_report()
+        return self.result
+
+    def _step(self, stage: str, key: str, outputs: list[Path], work: Callable[[], Any]) -> None:
+        if self.ledger.fresh(stage, key, outputs):
+            record = StageRecord(stage, "skipped", detail="inputs unchanged")
+            self.result.records.append(record)
+            self.on_stage(record)
+            return
+        start = time.perf_counter()
+        try:
+            work()
+        except Exception as exc:  # any failure is reported with the stage it happened in
+            seconds = time.perf_counter() - start
+            self.ledger.record(stage, key, "failed", seconds, f"{type(exc).__name__}: {exc}")
+            raise StageError(f"stage {stage!r} failed: {exc}") from exc
+        seconds = time.perf_counter() - start
+        self.ledger.record(stage, key, "done", seconds)
+        record = StageRecord(stage, "done", seconds)
+        self.result.records.append(record)
+        self.on_stage(record)
+
+    # -- stages -------------------------------------------------------------------------
+    def _stage_prepare(self) -> str:
+        from cxrlab.data.prepare import prepare
+
+        data = self.config.data
+        if data.data_root is None:
+            synth_key = sha256_json(self.config.synthetic.model_dump())
+            synth_dir = self.run_dir / SYNTH_DIR
+            self._step(
+                "synth",
+                synth_key,
+                [synth_dir / "Data_Entry_2017.csv"],
+                lambda: self._synth(synth_dir),
+            )
+            data = data.model_copy(update={"data_root": str(synth_dir)})
+            key = sha256_json([data.model_dump(exclude={"workers"}), synth_key])
+        else:
+            key = sha256_json(data.model_dump(exclude={"workers"}))
+        outputs = [self.run_dir / "data" / f for f in ("cohort.csv", "split_summary.json")]
+        outputs.append(self.run_dir / "data" / "cache" / "meta.json")
+        self._step(
+            "prepare", key, outputs, lambda: prepare(data, self.run_dir, progress=self.progress)
+        )
+        return read_json(self.run_dir / "data" / "split_summary.json")["split_hash"]
+
+    def _synth(self, out: Path) -> None:
+        from cxrlab.data.synth import write_synthetic_dataset
+
+        s = self.config.synthetic
+        write_synthetic_dataset(
+            out, patients=s.patients, seed=s.seed, image_size=s.image_size, overwrite=True
+        )
+
+    def _stage_train(self, entry: ModelEntry, split_hash: str) -> None:
+        from cxrlab.train.engine import train_model
+
+        experiment = experiment_of(entry)
+        key = sha256_json([experiment.model_dump(mode="json"), split_hash])
+        mdir = self.run_dir / "models" / entry.name
+        self._step(
+            f"train:{entry.name}",
+            key,
+            [mdir / "best.ckpt"],
+            lambda: train_model(
+                self.run_dir, experiment, entry.name, overwrite=True, progress_bar=self.progress
+            ),
+        )
+
+    def _ckpt_key(self, name: str) -> str:
+        path = self.run_dir / "models" / name / "best.ckpt"
+        return sha256_file(path) if path.is_file() else "missing"
+
+    def _stage_evaluate(self, entry: ModelEntry) -> None:
+        from cxrlab.evaluate.workflow import EvalOptions, evaluate_model
+
+        ev = self.config.evaluate
+        options = EvalOptions(
+            threshold=ev.threshold,
+            target_sensitivity=ev.target_sensitivity,
+            n_boot=ev.bootstrap,
+            seed=ev.seed,
+            temperature=ev.temperature,
+        )
+        key = sha256_json([ev.model_dump(), self._ckpt_key(entry.name)])
+        out = self.run_dir / "reports" / entry.name / "test" / "metrics.json"
+        self._step(
+            f"evaluate:{entry.name}",
+            key,
+            [out],
+            lambda: evaluate_model(self.run_dir, entry.name, options, progress=self.progress),
+        )
+
+    def _stage_compare(self) -> None:
+        from cxrlab.evaluate.compare import compare_models
+
+        names = [e.name for e in self.entries]
+        key = sha256_json([self.ledger.entries.get(f"evaluate:{n}", {}).get("key") for n in names])
+        out = self.run_dir / "reports" / "compare" / "test" / "comparison.json"
+        ev = self.config.evaluate
+        self._step(
+            "compare",
+            key,
+            [out],
+            lambda: compare_models(self.run_dir, "test", names, n_boot=ev.bootstrap, seed=ev.seed),
+        )
+
+    def _analysis_model(self) -> str:
+        names = [e.name for e in self.entries]
+        chosen = self.config.analyze.model or names[-1]
+        if chosen not in names:
+            raise StageError(f"stage 'analyze': model {chosen!r} is not in the study ({names})")
+        return chosen
+
+    def _stage_analyze(self) -> None:
+        from cxrlab.analysis.workflow import analysis_dir, analyze_model
+
+        an = self.config.analyze
+        if not an.enabled:
+            return
+        name = self._analysis_model()
+        key = sha256_json([an.model_dump(), name, self._ckpt_key(name)])
+        out = analysis_dir(self.run_dir, name) / "analysis.json"
+        self._step(
+            f"analyze:{name}",
+            key,
+            [out],
+            lambda: analyze_model(
+                self.run_dir,
+                name,
+                layers=an.layers,
+                split=an.split,
+                scaling=an.scaling,
+                k=an.k,
+                k_range=(an.k_min, an.k_max),
+                n_components=an.n_components,
+                seed=self.config.data.seed,
+                progress=self.progress,
+            ),
+        )
+
+    def _explained(self) -> list[ModelEntry]:
+        ex = self.config.explain
+        if not ex.enabled:
+            return []
+        wanted = ex.models or [e.name for e in self.entries]
+        return [e for e in self.entries if e.name in wanted]
+
+    def _stage_explain(self, entry: ModelEntry) -> None:
+        from cxrlab.explain.workflow import explain_model
+
+        ex = self.config.explain
+        key = sha256_json(
+            [
+                ex.model_dump(),
+                self._ckpt_key(entry.name),
+                self.ledger.entries.get(f"evaluate:{entry.name}", {}).get("key"),
+            ]
+        )
+        out = self.run_dir / "reports" / entry.name / "explain" / "localization.json"
+        self._step(
+            f"explain:{entry.name}",
+            key,
+            [out],
+            lambda: explain_model(
+                self.run_dir,
+                entry.name,
+                split=ex.split,
+                per_group=ex.per_group,
+                progress=self.progress,
+            ),
+        )
+
+    def _stage_report(self) -> None:
+        from cxrlab.report.build import build_report
+
+        key = sha256_json(
+            {k: v.get("key") for k, v in self.ledger.entries.items() if k != "report"}
+        )
+        out = self.run_dir / "report.html"
+        self._step("report", key, [out], lambda: build_report(self.run_dir))
+        self.result.report = out
+
+
+def run_study(config: StudyConfig, run_dir: str | Path, **kwargs) -> StudyResult:
+    """Run (or resume) the study `config` in `run_dir`."""
+    return Study(config, run_dir, **kwargs).run()
