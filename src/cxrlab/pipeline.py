@@ -6,12 +6,16 @@ Each stage has an input key: a hash of its config section and of what it consume
 split hash, a checkpoint's hash, the keys of the stages before it). A stage whose key and
 outputs are unchanged since its last success is skipped; any other runs. `stages.json` in the
 run directory records every stage's key, status and time. A failing stage raises
-`StageError` naming it; what earlier stages wrote stays intact.
+`StageError` naming it; what earlier stages wrote stays intact. A stage is marked `running`
+before it starts, so one that was killed (Ctrl-C, OOM) is never mistaken for a finished one.
+The report stage also gathers the comparison figures and each model's training curve into
+`RUN_DIR/figures/`.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STAGES_FILE = "stages.json"
 SYNTH_DIR = "synthetic-data"
+FIGURES_DIR = "figures"
 
 
 @dataclass
@@ -129,6 +134,7 @@ class Study:
             self.result.records.append(record)
             self.on_stage(record)
             return
+        self.ledger.record(stage, key, "running", 0.0)  # until it succeeds, never "fresh"
         start = time.perf_counter()
         try:
             work()
@@ -156,8 +162,9 @@ class Study:
                 [synth_dir / "Data_Entry_2017.csv"],
                 lambda: self._synth(synth_dir),
             )
-            data = data.model_copy(update={"data_root": str(synth_dir)})
+            # the key names the synthetic config, not the folder: a moved run stays fresh
             key = sha256_json([data.model_dump(exclude={"workers"}), synth_key])
+            data = data.model_copy(update={"data_root": str(synth_dir)})
         else:
             key = sha256_json(data.model_dump(exclude={"workers"}))
         outputs = [self.run_dir / "data" / f for f in ("cohort.csv", "split_summary.json")]
@@ -301,8 +308,38 @@ class Study:
             {k: v.get("key") for k, v in self.ledger.entries.items() if k != "report"}
         )
         out = self.run_dir / "report.html"
-        self._step("report", key, [out], lambda: build_report(self.run_dir))
+        names = [e.name for e in self.entries]
+
+        def work() -> None:
+            collect_figures(self.run_dir, names)
+            build_report(self.run_dir)
+
+        self._step("report", key, [out, self.run_dir / FIGURES_DIR], work)
         self.result.report = out
+
+
+def collect_figures(run_dir: str | Path, names: list[str], split: str = "test") -> list[Path]:
+    """Copy the comparison figures and each model's training curve into RUN_DIR/figures/.
+
+    Names are flat: `compare_<figure>.png|svg` and `training_<model>.png|svg`. Files of those
+    two kinds left by an earlier run are removed first; anything else in the folder stays.
+    """
+    run_dir = Path(run_dir)
+    out = run_dir / FIGURES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("compare_*"), *out.glob("training_*")]:
+        old.unlink()
+    sources: dict[str, Path] = {}
+    for path in sorted((run_dir / "reports" / "compare" / split / "figures").glob("*")):
+        if path.suffix in (".png", ".svg"):
+            sources[f"compare_{path.name}"] = path
+    for name in names:
+        for path in sorted((run_dir / "reports" / name / split / "figures").glob("training.*")):
+            sources[f"training_{name}{path.suffix}"] = path
+    for target, source in sources.items():
+        shutil.copyfile(source, out / target)
+    log.info("collected %d figures into %s", len(sources), out)
+    return [out / target for target in sources]
 
 
 def run_study(config: StudyConfig, run_dir: str | Path, **kwargs) -> StudyResult:

@@ -25,10 +25,9 @@ def analysis_dir(run_dir: str | Path, name: str) -> Path:
 
 def model_layers(run_dir: str | Path, name: str) -> list[str]:
     """Layer names `analyze_model` accepts for a trained model."""
-    from cxrlab.evaluate.workflow import model_dir
-    from cxrlab.train.engine import load_model_from_checkpoint
+    from cxrlab.models.checkpoint import load_model_from_checkpoint, trained_model_dir
 
-    model, _ = load_model_from_checkpoint(model_dir(Path(run_dir), name) / "best.ckpt")
+    model, _ = load_model_from_checkpoint(trained_model_dir(run_dir, name) / "best.ckpt")
     return list_layers(model)
 
 
@@ -49,14 +48,13 @@ def analyze_model(
     """Extract features of `layers` on `split`, then cluster and test the first layer;
     every layer gets a linear probe. Returns what `analysis.json` holds."""
     from cxrlab.data.prepare import load_cohort
-    from cxrlab.evaluate.workflow import model_dir
-    from cxrlab.train.data import load_run_data
-    from cxrlab.train.engine import load_model_from_checkpoint
+    from cxrlab.data.rundata import load_run_data
+    from cxrlab.models.checkpoint import load_model_from_checkpoint, trained_model_dir
 
     if not layers:
         raise ConfigError("give at least one layer (see --list-layers)")
     run_dir = Path(run_dir)
-    model, info = load_model_from_checkpoint(model_dir(run_dir, name) / "best.ckpt")
+    model, info = load_model_from_checkpoint(trained_model_dir(run_dir, name) / "best.ckpt")
     data = load_run_data(run_dir)
     cohort, targets = load_cohort(run_dir)
     rows = data.rows(split)
@@ -88,7 +86,7 @@ def analyze_model(
 def _batches(images, rows, mean, std, batch_size: int, progress: bool) -> Iterator:
     from tqdm.auto import tqdm
 
-    from cxrlab.evaluate.predict import to_model_input
+    from cxrlab.models.inference import to_model_input
 
     rows = np.asarray(rows)
     for start in tqdm(

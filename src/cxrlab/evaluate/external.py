@@ -15,7 +15,8 @@ from cxrlab.data.cache import build_cache, open_cache
 from cxrlab.data.discovery import resolve_images
 from cxrlab.data.metadata import find_metadata_files, read_data_entry
 from cxrlab.data.prepare import cohort_table
-from cxrlab.evaluate.predict import predict_images, predictions_frame, write_predictions
+from cxrlab.evaluate.predict import predictions_frame, write_predictions
+from cxrlab.models.inference import predict_images
 
 log = logging.getLogger(__name__)
 

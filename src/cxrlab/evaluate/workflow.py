@@ -27,7 +27,7 @@ from cxrlab.evaluate.figures import (
     plot_training_curves,
 )
 from cxrlab.evaluate.metrics import Predictions, compute_metrics, read_predictions
-from cxrlab.evaluate.predict import predict_images, predictions_frame, write_predictions
+from cxrlab.evaluate.predict import predictions_frame, write_predictions
 from cxrlab.evaluate.subgroups import subgroup_auroc_of
 from cxrlab.evaluate.tables import (
     multilabel_table,
@@ -37,6 +37,7 @@ from cxrlab.evaluate.tables import (
     threshold_table,
 )
 from cxrlab.evaluate.thresholds import choose_thresholds, save_thresholds
+from cxrlab.models.inference import predict_images
 from cxrlab.runinfo import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,6 @@ class EvalOptions:
     age_edges: list[int] = field(default_factory=lambda: [40, 60, 80])
 
 
-def model_dir(run_dir: Path, name: str) -> Path:
-    path = Path(run_dir) / "models" / name
-    if not (path / "best.ckpt").is_file():
-        found = sorted(p.name for p in (Path(run_dir) / "models").glob("*") if p.is_dir())
-        raise EvaluationError(
-            f"no trained model {name!r} in {run_dir}/models (found: {', '.join(found) or 'none'});"
-            f" run `cxrlab train {run_dir} --model ...` first"
-        )
-    return path
-
-
 def evaluate_model(
     run_dir: str | Path,
     name: str,
@@ -78,12 +68,12 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict:
     """Evaluate model `name` of a run on its test split (or an external NIH-layout set)."""
-    from cxrlab.train.data import load_run_data
-    from cxrlab.train.engine import load_model_from_checkpoint
+    from cxrlab.data.rundata import load_run_data
+    from cxrlab.models.checkpoint import load_model_from_checkpoint, trained_model_dir
 
     options = options or EvalOptions()
     run_dir = Path(run_dir)
-    mdir = model_dir(run_dir, name)
+    mdir = trained_model_dir(run_dir, name)
     model, info = load_model_from_checkpoint(mdir / "best.ckpt")
     data = load_run_data(run_dir)
     if info.get("split_hash") and data.split_hash and info["split_hash"] != data.split_hash:

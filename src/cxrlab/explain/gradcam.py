@@ -7,7 +7,7 @@ image, so a batch costs one forward and one backward pass whatever the class mix
 
 The hooked layer is `cxrlab.models.target_layer(model)` (last conv stage of any family:
 SimpleCNN, ResNet, EfficientNet, DenseNet). Input is prepared exactly as for prediction:
-uint8 -> [0, 1] -> (x - mean) / std, shape (B, 1, S, S) (`evaluate.predict.to_model_input`).
+uint8 -> [0, 1] -> (x - mean) / std, shape (B, 1, S, S) (`models.inference.to_model_input`).
 
 The library leaves traces on the model: it switches it to eval mode, fills parameter
 gradients with its backward pass and registers forward hooks. `gradcam` removes the hooks
@@ -31,8 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cxrlab.errors import DataError, ModelError
-from cxrlab.evaluate.predict import to_model_input
 from cxrlab.models import resolve_normalization, target_layer
+from cxrlab.models.inference import to_model_input
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
+from cxrlab.data.rundata import SPLITS, RunData, load_run_data
 from cxrlab.errors import DataError, EvaluationError, ModelError
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
 from cxrlab.explain.gradcam import gradcam
 from cxrlab.runinfo import write_atomic, write_json
-from cxrlab.train.data import SPLITS, RunData, load_run_data
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _parse_ids(images: Sequence[str] | str | None) -> list[str]:
 
 # ---- loading ----------------------------------------------------------------------------------
 def _load_context(run_dir: Path, name: str, subdir: str | None) -> _Context:
-    from cxrlab.train.engine import load_model_from_checkpoint
+    from cxrlab.models.checkpoint import load_model_from_checkpoint
 
     data = load_run_data(run_dir)
     checkpoint = run_dir / "models" / name / "best.ckpt"
@@ -245,7 +245,7 @@ def _gallery_jobs(ctx: _Context, split: str, per_group: int, batch_size: int, pr
 def _split_probabilities(ctx: _Context, split: str, rows, batch_size: int, progress: bool):
     """(len(rows), K) probabilities: the evaluate stage's predictions, else a forward pass."""
     from cxrlab.evaluate.metrics import read_predictions
-    from cxrlab.evaluate.predict import predict_images
+    from cxrlab.models.inference import predict_images
 
     path = ctx.run_dir / "reports" / ctx.name / split / "predictions.csv"
     if not path.is_file():

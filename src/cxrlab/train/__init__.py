@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "train_model": "cxrlab.train.engine",
     "TrainResult": "cxrlab.train.engine",
-    "load_model_from_checkpoint": "cxrlab.train.engine",
+    "load_model_from_checkpoint": "cxrlab.models.checkpoint",
     "ChestXrayClassifier": "cxrlab.train.module",
     "BatchAugment": "cxrlab.train.augment",
     "load_run_data": "cxrlab.train.data",

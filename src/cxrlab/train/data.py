@@ -15,22 +15,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cxrlab.data.cache import CachedImages, open_cache
+from cxrlab.data.cache import CachedImages
+from cxrlab.data.rundata import SPLITS, RunData, load_run_data, open_images, targets_from_columns  # noqa: F401
 from cxrlab.errors import DataError
-from cxrlab.labels import FINDINGS
-from cxrlab.runinfo import read_json
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: Streams of randomness drawn per epoch; each gets its own seed from (seed, epoch, rank).
 STREAM_SAMPLER, STREAM_AUGMENT, STREAM_TORCH = 0, 1, 2
@@ -44,84 +39,6 @@ def derive_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
     """
     state = np.random.SeedSequence([seed, epoch, stream, rank]).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
-
-
-@dataclass(frozen=True)
-class RunData:
-    """The cohort of one run directory, row-aligned with its image cache."""
-
-    run_dir: Path
-    targets: list[str]  # K target names, in label-column order
-    labels: np.ndarray  # (N, K) float32, 0/1
-    split: np.ndarray  # (N,) str: train / val / test
-    cache: CachedImages  # .images: (N, S, S) uint8 read-only memmap; pickles as a path
-    split_hash: str | None
-
-    @property
-    def image_size(self) -> int:
-        return int(self.cache.size)
-
-    @property
-    def images(self) -> np.ndarray:
-        return self.cache.images
-
-    def rows(self, split: str) -> np.ndarray:
-        """Cohort row numbers (== cache rows) of one split, ascending."""
-        if split not in SPLITS:
-            raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        return np.flatnonzero(self.split == split)
-
-
-def load_run_data(run_dir: str | Path) -> RunData:
-    """Read `data/cohort.csv`, `data/split_summary.json` and the cache of a prepared run."""
-    run_dir = Path(run_dir)
-    cohort_path = run_dir / "data" / "cohort.csv"
-    if not cohort_path.is_file():
-        raise DataError(f"{cohort_path} not found; run `cxrlab prepare {run_dir}` first")
-    cohort = pd.read_csv(cohort_path, dtype={"Image Index": str, "Patient ID": str})
-    summary_path = run_dir / "data" / "split_summary.json"
-    summary = read_json(summary_path) if summary_path.is_file() else {}
-    targets = list(summary.get("targets") or targets_from_columns(cohort, cohort_path))
-    missing = [t for t in targets if t not in cohort.columns]
-    if missing:
-        raise DataError(f"{cohort_path} lacks target columns {missing}; it has {list(cohort)}")
-    values = cohort[targets]
-    bad = ~values.isin([0, 1]).to_numpy()
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise DataError(
-            f"{cohort_path} row {row + 2} column {targets[col]!r} holds"
-            f" {str(values.iat[row, col])!r}; target columns must be 0 or 1"
-        )
-    labels = values.to_numpy(dtype=np.float32)  # (N, K)
-    split = cohort["split"].astype(str).to_numpy()
-    unknown = sorted(set(split) - set(SPLITS))
-    if unknown:
-        raise DataError(f"{cohort_path} column 'split' holds {unknown}; valid: {SPLITS}")
-    cache = open_images(run_dir, cohort["Image Index"].tolist())
-    return RunData(run_dir, targets, labels, split, cache, summary.get("split_hash"))
-
-
-def targets_from_columns(cohort: pd.DataFrame, where: Path | str = "cohort.csv") -> list[str]:
-    """The target columns: those named like a finding between `split` and `Finding Labels`."""
-    cols = list(cohort.columns)
-    if "split" not in cols or "Finding Labels" not in cols:
-        raise DataError(f"{where} needs columns 'split' and 'Finding Labels'; it has {cols}")
-    between = cols[cols.index("split") + 1 : cols.index("Finding Labels")]
-    targets = [c for c in between if c in FINDINGS]
-    if not targets:
-        raise DataError(
-            f"{where} has no target columns between 'split' and 'Finding Labels'"
-            f" (found {between}); expected names from: {', '.join(FINDINGS)}"
-        )
-    return targets
-
-
-def open_images(run_dir: Path, ids: Sequence[str]) -> CachedImages:
-    """The run's image cache, checked to hold exactly `ids` (cohort order) as uint8 S x S."""
-    cache = open_cache(run_dir / "data" / "cache")
-    cache.check_ids(ids)
-    return cache
 
 
 def pos_weight(labels: np.ndarray, targets: Sequence[str]) -> torch.Tensor:

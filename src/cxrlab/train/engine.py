@@ -32,11 +32,12 @@ from cxrlab.config import (
     merge_overrides,
     to_yaml,
 )
-from cxrlab.errors import ConfigError, DataError, ModelError
+from cxrlab.errors import ConfigError, DataError
+from cxrlab.models.checkpoint import build_network, load_model_from_checkpoint  # noqa: F401
 from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
 from cxrlab.train.callbacks import MetricsCSV
 from cxrlab.train.data import RunData, load_run_data, make_loader, pos_weight
-from cxrlab.train.module import ChestXrayClassifier, build_network
+from cxrlab.train.module import ChestXrayClassifier
 from cxrlab.train.trainer import make_trainer, trainer_settings
 
 log = logging.getLogger(__name__)
@@ -298,37 +299,3 @@ def _finish(
     _write_run_files(model_dir, config, data, settings, summary)
     log.info("trained %s: best epoch %s, val macro AUROC %s", model_dir, *summary.values())
     return result
-
-
-# ---- loading ------------------------------------------------------------------------------------
-def load_model_from_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the trained network from a checkpoint alone; returns (model in eval, info).
-
-    `info` is the checkpoint's `cxrlab` block (model, targets, image_size, mean, std,
-    config, versions, split_hash, seed, name) plus `epoch` and `path`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # unpickling errors have many types
-        raise ModelError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    info = checkpoint.get("cxrlab") if isinstance(checkpoint, dict) else None
-    if not info or "config" not in info:
-        raise ModelError(f"{path} is not a cxrlab training checkpoint (no 'cxrlab' block)")
-    config = build(ExperimentConfig, info["config"], source=f"{path} (cxrlab.config)")
-    model = build_network(config, len(info["targets"]), pretrained=False)
-    state = {
-        k.removeprefix("model."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("model.")
-    }
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit {info['model']}: {exc}") from None
-    model.to(map_location).eval()
-    return model, {**info, "epoch": checkpoint.get("epoch"), "path": str(path)}

@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from cxrlab.config import ExperimentConfig, ScheduleConfig
+from cxrlab.models.checkpoint import build_network
 from cxrlab.train.augment import BatchAugment, normalize
 from cxrlab.train.data import STREAM_AUGMENT, STREAM_TORCH, derive_seed
 
@@ -54,22 +55,6 @@ def macro_auroc(per_class: dict[str, float]) -> float:
     """Mean over the defined (non-NaN) classes; NaN when none is defined."""
     values = [v for v in per_class.values() if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
-
-
-def build_network(config: ExperimentConfig, num_classes: int, *, pretrained: bool) -> nn.Module:
-    """The classifier network named in `config.model`, one input channel (grey)."""
-    from cxrlab.models import create_model
-
-    m = config.model
-    return create_model(
-        m.name,
-        num_classes,
-        pretrained=pretrained and m.pretrained,
-        weights=m.weights if pretrained else None,
-        in_chans=1,
-        drop_rate=m.drop_rate,
-        **m.kwargs,
-    )
 
 
 def split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
