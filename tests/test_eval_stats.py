@@ -319,3 +319,15 @@ def test_subgroup_auroc_counts_and_undefined_group():
     assert list(result["groupings"]["view"]) == ["PA"]
     with pytest.raises(EvaluationError, match="needs column 'view'"):
         subgroup_auroc(y, p, ids, meta.drop(columns="view"), ["A", "B"], n_boot=10)
+
+
+def test_age_bands_are_listed_young_to_old_not_alphabetically():
+    from cxrlab.evaluate.subgroups import subgroup_auroc
+
+    rng = np.random.default_rng(0)
+    n = 80
+    y = np.tile([[0], [1]], (n // 2, 1))
+    p = rng.random((n, 1))
+    meta = pd.DataFrame({"age": np.repeat([85, 30, 50, 70], n // 4), "sex": "M", "view": "PA"})
+    out = subgroup_auroc(y, p, np.arange(n), meta, ["Effusion"], by=("age_band",), n_boot=10)
+    assert list(out["groupings"]["age_band"]) == ["<40", "40-59", "60-79", ">=80"]

@@ -66,8 +66,9 @@ def _save(fig, out_dir: str | Path, stem: str) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"Date": None})
+    # bbox_inches="tight": legends below the axes and titles above must not be clipped.
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(paths[1], metadata={"Date": None}, bbox_inches="tight", pad_inches=0.15)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return paths
 

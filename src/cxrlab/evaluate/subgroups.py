@@ -71,11 +71,12 @@ def subgroup_auroc(
     groupings = {}
     for grouping in by:
         keys = _group_keys(meta, grouping, age_edges)
+        order = age_band_labels(age_edges) if grouping == "age_band" else None
         groupings[grouping] = {
             level_name: _one_group(
                 y[rows], p[rows], patient_ids[rows], targets, n_boot, seed, level
             )
-            for level_name, rows in _levels(keys)
+            for level_name, rows in _levels(keys, order)
         }
     return {"age_bands": age_band_labels(age_edges), "groupings": groupings}
 
@@ -97,9 +98,13 @@ def _group_keys(meta: pd.DataFrame, grouping: str, age_edges: Sequence[int]) -> 
     return values.where(values.notna(), UNKNOWN).astype(str).to_numpy()
 
 
-def _levels(keys: np.ndarray):
-    """(level name, row indices) for each distinct key, sorted by name."""
-    for name in sorted(set(keys.tolist())):
+def _levels(keys: np.ndarray, order: Sequence[str] | None = None):
+    """(level name, row indices) for each distinct key: in `order` (age bands run young to
+    old), else sorted by name; "unknown" last."""
+    present = set(keys.tolist())
+    rank = {name: i for i, name in enumerate(order or [])}
+    names = sorted(present, key=lambda n: (n == UNKNOWN, rank.get(n, len(rank)), n))
+    for name in names:
         yield name, np.flatnonzero(keys == name)
 
 
