@@ -24,7 +24,37 @@ def run_config(config_path: Path, out: Path, overrides: dict) -> Path | None:
     config = load_study(config_path, overrides)
     result = run_study(config, out, on_stage=_on_stage)
     console.print(f"stages run: {len(result.ran())}, skipped (unchanged): {len(result.skipped())}")
+    _print_models(out, [entry.name for entry in config.model_entries()])
     return result.report
+
+
+def _print_models(run_dir: Path, names: list[str]) -> None:
+    """Best validation macro AUROC and test macro AUROC [95% CI] of each model."""
+    from rich.table import Table
+
+    table = Table(title="Models (macro AUROC)")
+    for column in ("model", "best epoch", "val", "test [95% CI, patient bootstrap]"):
+        table.add_column(column, justify="right")
+    for name in names:
+        run = _json(run_dir / "models" / name / "run.json")
+        test = _json(run_dir / "reports" / name / "test" / "metrics.json")
+        auroc = (test.get("ci") or {}).get("macro", {}).get("auroc", {})
+        val = run.get("best_val_auroc_macro")
+        table.add_row(
+            name,
+            str(run.get("best_epoch", "-")),
+            f"{val:.3f}" if isinstance(val, float) else "-",
+            f"{auroc['estimate']:.3f} [{auroc['low']:.3f}, {auroc['high']:.3f}]"
+            if auroc.get("estimate") is not None
+            else "-",
+        )
+    console.print(table)
+
+
+def _json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @app.command("run")

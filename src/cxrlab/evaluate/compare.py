@@ -22,7 +22,7 @@ from cxrlab.evaluate.figures import (
     plot_reliability,
     plot_roc_curves,
 )
-from cxrlab.evaluate.metrics import Predictions, read_predictions
+from cxrlab.evaluate.metrics import Predictions, check_same_run, read_predictions
 from cxrlab.evaluate.tables import format_ci, paired_table, save_table
 from cxrlab.runinfo import read_json, write_json
 
@@ -90,7 +90,12 @@ def compare_models(
 
 
 def _read(run_dir: Path, name: str, split: str) -> Predictions:
+    """One model's predictions, refused when its sidecar names another run's split."""
     path = run_dir / "reports" / name / split / "predictions.csv"
+    sidecar = path.with_suffix(".json")
+    summary = run_dir / "data" / "split_summary.json"
+    if sidecar.is_file() and summary.is_file():
+        check_same_run(sidecar, read_json(summary)["split_hash"])
     return read_predictions(path)
 
 
