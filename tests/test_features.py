@@ -50,6 +50,10 @@ def _model(name: str) -> nn.Module:
         torch.manual_seed(0)
         if name == "mini":
             return MiniNet()
+        if name == "simple_cnn":  # the real from-scratch model, built through the factory
+            from cxrlab.models import create_model
+
+            return create_model("simple_cnn", 4, base_width=8, depth=3)
         return timm.create_model(name, pretrained=False, num_classes=4, in_chans=1)
 
 
@@ -73,6 +77,7 @@ EXPECTED_LAYERS = {
         "features.norm5",
     ],
     "mini": ["stem", "stage1"],
+    "simple_cnn": ["stages.0", "stages.1", "stages.2"],
 }
 
 
