@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlab.data.synth import (
+from cxrlab.data.synth import write_synthetic_dataset
+from cxrlab.data.synth_draw import (
     NIH_FRAME,
     render_chest,
     sample_anatomy,
     sample_shot,
     sample_sign,
     sign_names,
-    write_synthetic_dataset,
 )
 from cxrlab.errors import ConfigError
 from cxrlab.labels import FINDINGS, NO_FINDING, normalize_bbox_label, parse_finding_labels
