@@ -103,9 +103,13 @@ def train_model(
     L.seed_everything(config.train.seed, workers=True)  # model init; epochs re-seed themselves
     settings = trainer_settings(config.train)
     started = _now()
-    _write_run_files(model_dir, config, data, settings, {"started": started})
+    run_files = _RunFiles(
+        lambda: _write_run_files(model_dir, config, data, settings, {"started": started})
+    )
     metrics_cb = MetricsCSV(model_dir / "metrics.csv", data.targets)
-    trainer = make_trainer(config, model_dir, settings, metrics_cb, callbacks, progress_bar)
+    trainer = make_trainer(
+        config, model_dir, settings, metrics_cb, [run_files, *callbacks], progress_bar
+    )
     module = _make_module(config, data, name, pretrained=not resume)
     loaders = [_loader(data, split, config.train, settings) for split in ("train", "val")]
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -114,6 +118,18 @@ def train_model(
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     return _finish(trainer, metrics_cb, model_dir, config, data, settings, started)
+
+
+class _RunFiles(Callback):
+    """Writes config.yaml and run.json when fitting starts: after Lightning has checked the
+    checkpoint folder (so a fresh run is not warned about a non-empty folder), on rank 0."""
+
+    def __init__(self, write) -> None:
+        self.write = write
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.write()
 
 
 def resolve_config(
