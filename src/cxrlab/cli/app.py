@@ -15,7 +15,7 @@ from cxrlab.errors import CxrError
 app = typer.Typer(
     name="cxrlab",
     help="Multi-label chest X-ray classification (NIH ChestX-ray14): "
-    "prepare -> train -> evaluate -> analyze -> explain -> report -> serve.",
+    "prepare -> train -> evaluate -> compare -> analyze -> explain -> report.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -24,7 +24,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-_DEBUG_ENV = "CXRLAB_DEBUG"
+_DEBUG_ENV = "CXRLAB_DEBUG"  # CXRLAB_DEBUG=1 works like --debug
+_debug = {"on": False}  # set by --debug for this invocation only
 
 
 def _version_callback(value: bool) -> None:
@@ -41,8 +42,7 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
 ) -> None:
-    if debug:
-        os.environ[_DEBUG_ENV] = "1"
+    _debug["on"] = debug
     logging.basicConfig(
         level=logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
@@ -50,25 +50,18 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning CxrError into one line + exit 1."""
+    """Console-script entry point: run the app, turning CxrError into one line + exit 1.
+
+    Typer's standalone mode handles everything else the way click users expect: usage errors
+    (a short message, exit 2), `--help`, `typer.Exit` codes and Ctrl-C (exit 130). Typer
+    vendors its own click, so its exceptions are not `click.ClickException`s; leaving them to
+    typer keeps that detail out of this module.
+    """
+    _debug["on"] = False
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)  # ends in SystemExit, with the command's code
     except CxrError as exc:
-        if os.environ.get(_DEBUG_ENV):
+        if _debug["on"] or os.environ.get(_DEBUG_ENV):
             raise
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

@@ -51,7 +51,9 @@ def load_run_data(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     cohort_path = run_dir / "data" / "cohort.csv"
     if not cohort_path.is_file():
-        raise DataError(f"{cohort_path} not found; run `cxrlab prepare {run_dir}` first")
+        raise DataError(
+            f"{cohort_path} not found; run `cxrlab prepare --data-root DIR --out {run_dir}` first"
+        )
     cohort = pd.read_csv(cohort_path, dtype={"Image Index": str, "Patient ID": str})
     summary_path = run_dir / "data" / "split_summary.json"
     summary = read_json(summary_path) if summary_path.is_file() else {}
