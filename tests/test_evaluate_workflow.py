@@ -194,6 +194,16 @@ def test_compare_refuses_predictions_over_different_images(run: Path, tmp_path: 
         compare_models(copy, "val")  # val predictions exist, but nothing was evaluated on val
 
 
+def test_compare_refuses_predictions_from_another_runs_split(run: Path, tmp_path: Path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    sidecar = copy / "reports" / "b" / "test" / "predictions.json"
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "split_hash": "0" * 64}))
+    with pytest.raises(EvaluationError, match="another run"):
+        compare_models(copy, "test", ["a", "b"], n_boot=N_BOOT)
+
+
 # ---- analyze ----------------------------------------------------------------------------------
 def test_analyze_writes_features_with_the_split_ids(run: Path):
     result = analyze_model(run, "a", split="test", n_components=5, k_range=(2, 3), progress=False)
