@@ -47,6 +47,9 @@ def _root(
         level=logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Lightning announces hardware and tips at INFO on every fit; keep them for --verbose.
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose or debug else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:
