@@ -389,3 +389,14 @@ def test_resolve_normalization_per_channel():
         resolve_normalization(torch.nn.Linear(2, 2))
     with pytest.raises(ModelError, match="no feature_info"):
         list_layers(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_new_heads_start_near_zero_so_first_logits_are_small(name):
+    # timm's EfficientNet head init is U(+-1/sqrt(K)): +-0.5 for K=4, first-epoch BCE 2-3.
+    model = create_model(name, 4, pretrained=(name == "efficientnet_lite0")).eval()
+    head = model.get_classifier()
+    assert float(head.weight.std()) < 0.02 and float(head.bias.abs().max()) == 0.0
+    with torch.no_grad():
+        logits = model(torch.randn(4, 1, 64, 64))
+    assert float(logits.abs().max()) < 1.0

