@@ -42,12 +42,13 @@ import pandas as pd
 import torch
 
 from cxrlab.config import DataConfig, ExperimentConfig, build, deep_merge
+from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.evaluate.bootstrap import paired_bootstrap
 from cxrlab.evaluate.metrics import read_predictions
 from cxrlab.evaluate.workflow import EvalOptions, evaluate_model
 from cxrlab.runinfo import read_json, write_json
 from cxrlab.train.augment import normalize
-from cxrlab.train.data import RunData, load_run_data, make_loader
+from cxrlab.train.data import make_loader
 from cxrlab.train.engine import train_model
 from cxrlab.train.module import ChestXrayClassifier
 

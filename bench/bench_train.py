@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from cxrlab.config import AugmentConfig
+from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.models import create_model, resolve_normalization
 from cxrlab.train.augment import BatchAugment, normalize
-from cxrlab.train.data import RunData, load_run_data, make_loader
+from cxrlab.train.data import make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 OVERHEAD_MODELS = ("simple_cnn", "resnet18")

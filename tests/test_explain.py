@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from cxrlab.errors import DataError, EvaluationError, ModelError
-from cxrlab.evaluate.predict import to_model_input
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
 from cxrlab.explain.gradcam import count_hooks, gradcam
 from cxrlab.models import create_model
+from cxrlab.models.inference import to_model_input
 from helpers_run import make_tiny_run
 
 FAMILIES = [

@@ -18,21 +18,12 @@ import yaml
 from sklearn.exceptions import UndefinedMetricWarning
 
 from cxrlab.config import ExperimentConfig, build, load_yaml
+from cxrlab.data.rundata import load_run_data, targets_from_columns
 from cxrlab.errors import ConfigError, DataError
+from cxrlab.models.checkpoint import load_model_from_checkpoint
 from cxrlab.train.augment import normalize
-from cxrlab.train.data import (
-    BatchDataset,
-    EpochBatchSampler,
-    load_run_data,
-    pos_weight,
-    targets_from_columns,
-)
-from cxrlab.train.engine import (
-    config_differences,
-    load_model_from_checkpoint,
-    resolve_config,
-    train_model,
-)
+from cxrlab.train.data import BatchDataset, EpochBatchSampler, pos_weight
+from cxrlab.train.engine import config_differences, resolve_config, train_model
 from cxrlab.train.module import WarmupCosine, macro_auroc, per_class_auroc, split_head
 from cxrlab.train.trainer import resolve_precision, trainer_settings
 from helpers_run import make_tiny_run

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlab.models.inference import predict_images, to_model_input  # noqa: F401
 from cxrlab.runinfo import write_atomic, write_json
 
 log = logging.getLogger(__name__)

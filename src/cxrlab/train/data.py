@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cxrlab.data.cache import CachedImages
-from cxrlab.data.rundata import SPLITS, RunData, load_run_data, open_images, targets_from_columns  # noqa: F401
+from cxrlab.data.rundata import RunData
 from cxrlab.errors import DataError
 
 log = logging.getLogger(__name__)

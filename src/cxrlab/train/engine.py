@@ -4,7 +4,7 @@ Writes `RUN_DIR/models/<name>/`: `config.yaml` (the resolved `ExperimentConfig`)
 (versions, seed, split hash, trainer settings, timestamps), `metrics.csv` (one row per
 epoch), `best.ckpt` (highest val macro AUROC) and `last.ckpt`. Each checkpoint also carries
 a `cxrlab` block (targets, image size, mean/std, config, versions, split hash), so
-`load_model_from_checkpoint` rebuilds the model from the file alone.
+`cxrlab.models.checkpoint.load_model_from_checkpoint` rebuilds the model from the file alone.
 
 Lightning does the loop, mixed precision, DDP (under `torchrun`, or `devices > 1`, which
 Lightning launches itself), checkpoints, early stopping and the progress bar.
@@ -32,11 +32,11 @@ from cxrlab.config import (
     merge_overrides,
     to_yaml,
 )
+from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.errors import ConfigError, DataError
-from cxrlab.models.checkpoint import build_network, load_model_from_checkpoint  # noqa: F401
 from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
 from cxrlab.train.callbacks import MetricsCSV
-from cxrlab.train.data import RunData, load_run_data, make_loader, pos_weight
+from cxrlab.train.data import make_loader, pos_weight
 from cxrlab.train.module import ChestXrayClassifier
 from cxrlab.train.trainer import make_trainer, trainer_settings
 
