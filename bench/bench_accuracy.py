@@ -45,7 +45,8 @@ from cxrlab.config import DataConfig, ExperimentConfig, build, deep_merge
 from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.evaluate.bootstrap import paired_bootstrap
 from cxrlab.evaluate.metrics import read_predictions
-from cxrlab.evaluate.workflow import EvalOptions, evaluate_model
+from cxrlab.config import EvaluateConfig
+from cxrlab.evaluate.workflow import evaluate_model
 from cxrlab.runinfo import read_json, write_json
 from cxrlab.train.augment import normalize
 from cxrlab.train.data import make_loader
@@ -228,7 +229,7 @@ def train_within_budget(
 
 def evaluate(run_dir: Path, name: str, n_boot: int) -> dict[str, Any]:
     """Test per-class and macro AUROC with patient-bootstrap 95% CIs."""
-    result = evaluate_model(run_dir, name, EvalOptions(n_boot=n_boot), progress=False)
+    result = evaluate_model(run_dir, name, EvaluateConfig(bootstrap=n_boot), progress=False)
     ci = result["ci"]
     out = {t: ci["per_class"][t]["auroc"] for t in result["metrics"]["targets"]}
     out["macro"] = ci["macro"]["auroc"]

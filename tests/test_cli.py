@@ -170,10 +170,73 @@ def test_synth_then_prepare_prints_counts_and_leakage_line(tmp_path: Path):
     assert f"(0 decoded, {len(cohort)} reused)" in again.stdout
 
 
-@pytest.mark.parametrize("flag", ["--split", "--sampling"])
-def test_invalid_choice_is_a_config_error_line(tmp_path: Path, flag: str):
-    proc = cxrlab("prepare", "--data-root", tmp_path, "--out", tmp_path, flag, "nonsense")
-    assert_one_line_error(proc, "nonsense")
+def _choice_options() -> list[tuple[str, str, list[str]]]:
+    """(command, --flag, choices) for every option of every command with fixed choices."""
+    from typing import Literal, get_args, get_origin, get_type_hints
+
+    group = typer.main.get_command(app)
+    found = []
+    for name, command in group.commands.items():
+        hints = get_type_hints(command.callback)
+        for param in command.params:
+            hint = hints.get(param.name)
+            if get_origin(hint) is Literal and param.opts[0].startswith("--"):
+                found.append((name, param.opts[0], [str(c) for c in get_args(hint)]))
+    return found
+
+
+def test_choice_options_are_declared_in_config():
+    """Choices come from the config's Literal aliases, so the CLI cannot drift from them."""
+    from typing import get_args
+
+    from cxrlab import config
+
+    declared = {
+        tuple(get_args(alias))
+        for alias in vars(config).values()
+        if getattr(alias, "__origin__", None) is not None and get_args(alias)
+    }
+    options = _choice_options()
+    flags = {(command, flag) for command, flag, _ in options}
+    for wanted in [("evaluate", "--threshold"), ("evaluate", "--device"), ("train", "--strategy"),
+                   ("analyze", "--scaling"), ("explain", "--split"), ("prepare", "--sampling"),
+                   ("compare", "--split"), ("train", "--precision")]:  # fmt: skip
+        assert wanted in flags, wanted
+    for command, flag, choices in options:
+        assert tuple(choices) in declared, (command, flag, choices)
+
+
+def test_every_fixed_choice_option_refuses_a_bad_value_before_any_work(tmp_path: Path):
+    """`--threshold foo` and friends: a usage error listing the choices, from the parser."""
+    runner = CliRunner()
+    required = {
+        "prepare": ["--data-root", str(tmp_path), "--out", str(tmp_path)],
+        "evaluate": [str(tmp_path), "--model", "m"],
+        "analyze": [str(tmp_path), "--model", "m"],
+        "explain": [str(tmp_path), "--model", "m"],
+        "train": [str(tmp_path)],
+        "compare": [str(tmp_path)],
+    }
+    options = _choice_options()
+    assert len(options) >= 15
+    for command, flag, choices in options:
+        args = [command, *required.get(command, []), flag, "foo"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (command, flag, result.output)
+        text = " ".join(result.output.split())
+        assert "foo" in text and all(c in text for c in choices), (command, flag, text)
+
+
+def test_bad_threshold_fails_in_under_a_second(tmp_path: Path):
+    import time
+
+    start = time.perf_counter()
+    proc = cxrlab("evaluate", tmp_path, "--model", "m", "--threshold", "foo")
+    assert proc.returncode == 2, proc.stderr
+    assert "max_f1" in proc.stderr and "youden" in proc.stderr
+    # the whole subprocess (interpreter start included) ends before any model is loaded
+    assert time.perf_counter() - start < 10
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

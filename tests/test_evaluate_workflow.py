@@ -19,11 +19,12 @@ from cxrlab.analysis.workflow import analysis_dir, analyze_model
 from cxrlab.config import DataConfig
 from cxrlab.data.prepare import prepare
 from cxrlab.data.rundata import load_run_data
-from cxrlab.errors import CxrError, EvaluationError
+from cxrlab.errors import DataError, CxrError, EvaluationError
 from cxrlab.evaluate.compare import compare_models
 from cxrlab.evaluate.metrics import read_predictions
 from cxrlab.evaluate.thresholds import choose_thresholds, load_thresholds
-from cxrlab.evaluate.workflow import EvalOptions, evaluate_model
+from cxrlab.config import EvaluateConfig
+from cxrlab.evaluate.workflow import evaluate_model
 from cxrlab.models.checkpoint import load_model_from_checkpoint
 from cxrlab.models.inference import predict_images
 from cxrlab.train.engine import train_model
@@ -41,8 +42,8 @@ def _config(lr: float = 3e-3, epochs: int = 2) -> dict:
     }
 
 
-def _options(**kwargs) -> EvalOptions:
-    return EvalOptions(n_boot=N_BOOT, **kwargs)
+def _options(**kwargs) -> EvaluateConfig:
+    return EvaluateConfig(bootstrap=N_BOOT, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +148,13 @@ def test_evaluation_figures_are_written(run: Path):
 def test_model_trained_on_another_split_is_refused(run: Path, tmp_path: Path):
     other = make_tiny_run(tmp_path, n=64, size=32, seed=5, name="other")
     shutil.copytree(run / "models" / "a", other / "models" / "a")
-    with pytest.raises(EvaluationError, match="trained on another split"):
+    with pytest.raises(DataError, match="trained on split .* but the run holds split"):
         evaluate_model(other, "a", _options(), progress=False)
     assert not (other / "reports" / "a" / "test" / "metrics.json").exists()
 
 
 def test_unknown_model_lists_the_trained_ones(run: Path):
-    with pytest.raises(CxrError, match=r"no trained model 'zz'.*found: a, b"):
+    with pytest.raises(CxrError, match=r"no trained model 'zz'.*trained: a, b"):
         evaluate_model(run, "zz", _options(), progress=False)
 
 
@@ -206,7 +207,9 @@ def test_compare_refuses_predictions_from_another_runs_split(run: Path, tmp_path
 
 # ---- analyze ----------------------------------------------------------------------------------
 def test_analyze_writes_features_with_the_split_ids(run: Path):
-    result = analyze_model(run, "a", split="test", n_components=5, k_range=(2, 3), progress=False)
+    result = analyze_model(
+        run, "a", split="test", n_components=5, k_min=2, k_max=3, progress=False
+    )
     out = analysis_dir(run, "a")
     cohort = _cohort(run)
     with np.load(out / "features_penultimate.npz", allow_pickle=False) as z:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrlab.errors import DataError, EvaluationError, ModelError
+from cxrlab.errors import ConfigError, DataError, EvaluationError, ModelError
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
 from cxrlab.explain.gradcam import count_hooks, gradcam
@@ -415,9 +415,9 @@ def test_unknown_image_and_unknown_model_are_errors(trained_run):
 
     with pytest.raises(DataError, match="'nope.png' not in the run's cohort"):
         explain_model(trained_run, "simple_cnn", images=["nope.png"], progress=False)
-    with pytest.raises(ModelError, match="trained models in this run: simple_cnn"):
+    with pytest.raises(ModelError, match=r"no trained model .resnet18.* \(trained: simple_cnn\)"):
         explain_model(trained_run, "resnet18", progress=False)
-    with pytest.raises(DataError, match="unknown split 'dev'"):
+    with pytest.raises(ConfigError, match=r"split .*'train', 'val' or 'test' \(got 'dev'\)"):
         explain_model(trained_run, "simple_cnn", split="dev", progress=False)
 
 

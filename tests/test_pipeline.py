@@ -16,7 +16,8 @@ import yaml
 
 from cxrlab.config import StudyConfig, load_study
 from cxrlab.errors import StageError
-from cxrlab.pipeline import FIGURES_DIR, STAGES_FILE, run_study
+from cxrlab.pipeline import run_study
+from cxrlab.rundir import RunDir
 
 TINY = {"name": "simple_cnn", "kwargs": {"base_width": 8, "depth": 3}}
 STAGES = [
@@ -68,7 +69,7 @@ def _run(config: StudyConfig, run_dir: Path):
 
 
 def _ledger(run_dir: Path) -> dict:
-    return json.loads((run_dir / STAGES_FILE).read_text())
+    return json.loads(RunDir(run_dir).stages.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +122,12 @@ def test_first_run_runs_every_stage_and_writes_the_layout(study):
 
 def test_top_level_figures_hold_comparison_and_training_curves(study):
     run_dir, _ = study
-    names = sorted(p.name for p in (run_dir / FIGURES_DIR).glob("*.png"))
+    names = sorted(p.name for p in RunDir(run_dir).figures.glob("*.png"))
     compare = sorted(p.name for p in (run_dir / "reports/compare/test/figures").glob("*.png"))
     assert names == sorted([*(f"compare_{n}" for n in compare), "training_a.png", "training_b.png"])
     assert "compare_roc.png" in names and "compare_auroc_bars.png" in names
     source = run_dir / "reports" / "a" / "test" / "figures" / "training.png"
-    assert (run_dir / FIGURES_DIR / "training_a.png").read_bytes() == source.read_bytes()
+    assert (RunDir(run_dir).figures / "training_a.png").read_bytes() == source.read_bytes()
 
 
 def test_resolved_config_is_written_and_merged_over_defaults(study):

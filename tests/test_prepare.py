@@ -18,7 +18,8 @@ from cxrlab.config import DataConfig
 from cxrlab.data.cache import open_cache
 from cxrlab.data.imaging import read_square_u8
 from cxrlab.data.metadata import read_data_entry, read_split_lists
-from cxrlab.data.prepare import PrepareResult, load_cohort, prepare
+from cxrlab.data.prepare import PrepareResult, prepare
+from cxrlab.data.rundata import load_run_data
 from cxrlab.data.synth import write_synthetic_dataset
 from cxrlab.errors import ConfigError, DataError
 
@@ -85,8 +86,9 @@ def test_cache_rows_are_cohort_rows_in_order(synth_run):
     for row in (0, len(cohort) // 2, len(cohort) - 1):  # the pixels belong to that row's id
         expected = read_square_u8(root / "images" / cohort["Image Index"][row], 32)
         np.testing.assert_array_equal(cache[row], expected)
-    loaded, targets = load_cohort(run)
-    assert targets == TARGETS and loaded["Image Index"].tolist() == cohort["Image Index"].tolist()
+    data = load_run_data(run)
+    assert data.targets == TARGETS and data.ids.tolist() == cohort["Image Index"].tolist()
+    assert data.cohort["Patient ID"].map(type).eq(str).all()  # one reader, ids as str
 
 
 def test_split_is_by_patient_and_summary_counts_match(synth_run):

@@ -7,7 +7,7 @@ and CLI flags both land here; unknown keys are rejected with the list of valid o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -15,9 +15,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cxrlab.errors import ConfigError
 from cxrlab.labels import DEFAULT_TARGETS, parse_targets
 
+# ---- Choices, each declared once: config sections, CLI options and workflows use these ----
+Split = Literal["train", "val", "test"]
+EvalSplit = Literal["test", "val"]  # external sets use --data-root
+Device = Literal["auto", "cpu", "cuda", "mps"]  # auto: CUDA, then MPS, then CPU
+ThresholdRule = Literal["max_f1", "youden", "fixed_sensitivity"]
+Scaling = Literal["none", "standard", "robust"]
+Strategy = Literal["full", "freeze-then-unfreeze", "linear-probe"]
+Optimizer = Literal["adamw", "adam"]
+Schedule = Literal["cosine", "onecycle", "plateau", "none"]
+Precision = Literal["auto", "32", "16-mixed", "bf16-mixed"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Sampling = Literal["natural", "enriched"]
+SplitMethod = Literal["patient", "official"]
+
+#: Keys that say how to run on this machine, not what to compute: they never enter a
+#: stage key, so moving a run to a GPU does not redo finished work.
+MACHINE_KEYS = frozenset({"device", "batch_size", "workers", "num_workers"})
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_S = TypeVar("_S", bound=BaseModel)
 
 
 class DataConfig(_Section):
@@ -27,12 +48,12 @@ class DataConfig(_Section):
     pathologies: list[str] = list(DEFAULT_TARGETS)  # 1-14 targets, in column order
     n_images: int | None = None  # None = every image that passes the filters
     one_per_patient: bool = False  # one image per chosen patient instead of all of them
-    sampling: Literal["natural", "enriched"] = "natural"  # enriched guarantees min_positives
+    sampling: Sampling = "natural"  # enriched guarantees min_positives
     min_positives: int = 50  # per target, for sampling=enriched
     views: list[str] | None = None  # e.g. [PA, AP]; None keeps both
     age_min: int | None = None
     age_max: int | None = None
-    split: Literal["patient", "official"] = "patient"  # official: NIH test list + carved val
+    split: SplitMethod = "patient"  # official: NIH test list + carved val
     val: float = Field(0.15, gt=0, lt=1)  # share of patients in validation
     test: float = Field(0.15, gt=0, lt=1)  # share of patients in test (split=patient only)
     image_size: int = Field(224, ge=32, le=1024)  # cached square size in pixels
@@ -57,14 +78,14 @@ class ModelConfig(_Section):
 
 
 class OptimConfig(_Section):
-    name: Literal["adamw", "adam"] = "adamw"
+    name: Optimizer = "adamw"
     lr: float = Field(1e-3, gt=0)  # head / whole-model learning rate
     weight_decay: float = Field(1e-4, ge=0)
     backbone_lr_mult: float = Field(0.1, gt=0, le=1)  # backbone LR = lr * this (transfer)
 
 
 class ScheduleConfig(_Section):
-    name: Literal["cosine", "onecycle", "plateau", "none"] = "cosine"
+    name: Schedule = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)  # linear warm-up before cosine decay
     min_lr_ratio: float = Field(0.01, ge=0, le=1)  # cosine floor as a share of lr
     plateau_factor: float = Field(0.3, gt=0, lt=1)
@@ -86,12 +107,12 @@ class AugmentConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
-    strategy: Literal["full", "freeze-then-unfreeze", "linear-probe"] = "full"
+    strategy: Strategy = "full"
     freeze_epochs: int = Field(2, ge=0)  # head-only epochs for freeze-then-unfreeze
     patience: int = Field(5, ge=1)  # early stopping on val macro AUROC
     pos_weight: bool = False  # BCE pos_weight = neg/pos from train prevalence
-    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"  # auto: mixed on CUDA
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    precision: Precision = "auto"  # auto: mixed on CUDA
+    accelerator: Accelerator = "auto"
     devices: int | str = "auto"  # number of devices, or auto
     num_nodes: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)  # DataLoader workers; the memmap cache rarely needs any
@@ -155,6 +176,14 @@ def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
+def with_overrides(section: _S, overrides: dict[str, Any]) -> _S:
+    """`section` with some fields replaced, validated (a wrong name or value: ConfigError)."""
+    if not overrides:
+        return section
+    data = {**section.model_dump(), **overrides}
+    return build(type(section), data, source=f"{type(section).__name__} options")
+
+
 def merge_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Apply dotted overrides (`{"optim.lr": 3e-4}`) from CLI flags onto a config mapping.
 
@@ -188,30 +217,49 @@ class SyntheticConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    threshold: Literal["max_f1", "youden", "fixed_sensitivity"] = "max_f1"  # chosen on val
+    """`cxrlab evaluate` and the study's evaluate stage."""
+
+    split: EvalSplit = "test"  # val evaluates on the images its thresholds were chosen on
+    threshold: ThresholdRule = "max_f1"  # chosen on val
     target_sensitivity: float = Field(0.90, gt=0, le=1)  # for fixed_sensitivity
     bootstrap: int = Field(1000, ge=10)  # resamples over patients for every CI
     seed: int = 0
     temperature: bool = False  # temperature scaling fitted on val
+    drop_missing: bool = False  # external sets: leave out listed-but-missing images
+    figures: bool = True
+    age_edges: list[int] = [40, 60, 80]  # subgroup age bands
+    device: Device = "auto"
+    batch_size: int = Field(64, ge=1)  # images per forward pass
 
 
 class AnalyzeConfig(_Section):
+    """`cxrlab analyze` and the study's analyze stage."""
+
     enabled: bool = True
     model: str | None = None  # which trained model; None = the last one listed
     layers: list[str] = ["penultimate"]  # see `cxrlab analyze --list-layers`
-    split: Literal["train", "val", "test"] = "test"
-    scaling: Literal["none", "standard", "robust"] = "none"  # before PCA; see docs
-    k: int | None = None  # None: chosen over k_min..k_max by silhouette
+    split: Split = "test"
+    scaling: Scaling = "none"  # before PCA; see docs
+    k: int | None = Field(None, ge=2)  # None: chosen over k_min..k_max by silhouette
     k_min: int = Field(2, ge=2)
     k_max: int = Field(8, ge=2)
     n_components: int = Field(50, ge=2)  # PCA components K-Means runs on
+    seed: int | None = None  # K-Means and subsampling; None: the data seed (CLI: 0)
+    device: Device = "auto"
+    batch_size: int = Field(64, ge=1)
 
 
 class ExplainConfig(_Section):
+    """`cxrlab explain` and the study's explain stage."""
+
     enabled: bool = True
     models: list[str] | None = None  # None = every trained model
-    split: Literal["train", "val", "test"] = "test"
-    per_group: int = Field(4, ge=1)  # gallery images per pathology and TP/FP/FN
+    split: Split = "test"
+    per_group: int = Field(4, ge=0)  # gallery images per pathology and TP/FP/FN
+    tolerance: float = Field(0.0, ge=0)  # pointing game: grow each box by this many px
+    cam_threshold: float = Field(0.5, ge=0, le=1)  # IoU: map region >= this share of peak
+    device: Device = "auto"
+    batch_size: int = Field(16, ge=1)  # images per Grad-CAM forward/backward pass
 
 
 class ModelEntry(ExperimentConfig):
@@ -246,6 +294,11 @@ class StudyConfig(_Section):
         if not entries:
             raise ConfigError("the study lists no models; add at least one under `models:`")
         return entries
+
+
+def stage_key_fields(section: BaseModel) -> dict[str, Any]:
+    """A section's values that decide its results (machine settings left out)."""
+    return section.model_dump(mode="json", exclude=set(MACHINE_KEYS))
 
 
 def experiment_of(entry: ModelEntry) -> ExperimentConfig:

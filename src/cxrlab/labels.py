@@ -36,6 +36,10 @@ VOCABULARY: tuple[str, ...] = FINDINGS + (NO_FINDING,)
 #: Spellings in BBox_List_2017.csv that differ from Data_Entry's.
 BBOX_ALIASES: dict[str, str] = {"Infiltrate": "Infiltration"}
 
+#: The identifying columns of NIH's Data_Entry and of every cohort / predictions table.
+IMAGE_INDEX = "Image Index"
+PATIENT_ID = "Patient ID"
+
 #: The reference study's four targets.
 DEFAULT_TARGETS: tuple[str, ...] = ("Atelectasis", "Effusion", "Infiltration", "Pneumothorax")
 

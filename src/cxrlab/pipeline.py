@@ -26,9 +26,12 @@ from cxrlab.config import (
     ModelEntry,
     StudyConfig,
     experiment_of,
+    stage_key_fields,
     to_yaml,
 )
+from cxrlab.data.cache import META_FILE
 from cxrlab.errors import StageError
+from cxrlab.rundir import RunDir, SplitDir
 from cxrlab.runinfo import (
     package_versions,
     read_json,
@@ -40,9 +43,6 @@ from cxrlab.runinfo import (
 
 log = logging.getLogger(__name__)
 
-STAGES_FILE = "stages.json"
-SYNTH_DIR = "synthetic-data"
-FIGURES_DIR = "figures"
 
 
 @dataclass
@@ -69,8 +69,8 @@ class StudyResult:
 class _Ledger:
     """stages.json: the key each stage last succeeded with."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / STAGES_FILE
+    def __init__(self, paths: RunDir) -> None:
+        self.path = paths.stages
         self.entries: dict[str, dict] = read_json(self.path) if self.path.is_file() else {}
 
     def fresh(self, stage: str, key: str, outputs: list[Path]) -> bool:
@@ -105,6 +105,7 @@ class Study:
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        self.paths = RunDir(self.run_dir)
         self.progress = progress
         self.on_stage = on_stage or (lambda record: None)
         self.entries = config.model_entries()
@@ -113,9 +114,9 @@ class Study:
     # -- running ------------------------------------------------------------------------
     def run(self) -> StudyResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = _Ledger(self.run_dir)
-        write_atomic(self.run_dir / "study.yaml", to_yaml(self.config))
-        write_json(self.run_dir / "versions.json", package_versions())
+        self.ledger = _Ledger(self.paths)
+        write_atomic(self.paths.study_yaml, to_yaml(self.config))
+        write_json(self.paths.versions, package_versions())
         data_key = self._stage_prepare()
         for entry in self.entries:
             self._stage_train(entry, data_key)
@@ -155,7 +156,7 @@ class Study:
         data = self.config.data
         if data.data_root is None:
             synth_key = sha256_json(self.config.synthetic.model_dump())
-            synth_dir = self.run_dir / SYNTH_DIR
+            synth_dir = self.paths.synthetic_data
             self._step(
                 "synth",
                 synth_key,
@@ -167,12 +168,11 @@ class Study:
             data = data.model_copy(update={"data_root": str(synth_dir)})
         else:
             key = sha256_json(data.model_dump(exclude={"workers"}))
-        outputs = [self.run_dir / "data" / f for f in ("cohort.csv", "split_summary.json")]
-        outputs.append(self.run_dir / "data" / "cache" / "meta.json")
+        outputs = [self.paths.cohort, self.paths.split_summary, self.paths.cache / META_FILE]
         self._step(
             "prepare", key, outputs, lambda: prepare(data, self.run_dir, progress=self.progress)
         )
-        return read_json(self.run_dir / "data" / "split_summary.json")["split_hash"]
+        return read_json(self.paths.split_summary)["split_hash"]
 
     def _synth(self, out: Path) -> None:
         from cxrlab.data.synth import write_synthetic_dataset
@@ -187,38 +187,30 @@ class Study:
 
         experiment = experiment_of(entry)
         key = sha256_json([experiment.model_dump(mode="json"), split_hash])
-        mdir = self.run_dir / "models" / entry.name
         self._step(
             f"train:{entry.name}",
             key,
-            [mdir / "best.ckpt"],
+            [self.paths.model(entry.name).best_ckpt],
             lambda: train_model(
                 self.run_dir, experiment, entry.name, overwrite=True, progress_bar=self.progress
             ),
         )
 
     def _ckpt_key(self, name: str) -> str:
-        path = self.run_dir / "models" / name / "best.ckpt"
+        path = self.paths.model(name).best_ckpt
         return sha256_file(path) if path.is_file() else "missing"
 
     def _stage_evaluate(self, entry: ModelEntry) -> None:
-        from cxrlab.evaluate.workflow import EvalOptions, evaluate_model
+        from cxrlab.evaluate.workflow import evaluate_model
 
         ev = self.config.evaluate
-        options = EvalOptions(
-            threshold=ev.threshold,
-            target_sensitivity=ev.target_sensitivity,
-            n_boot=ev.bootstrap,
-            seed=ev.seed,
-            temperature=ev.temperature,
-        )
-        key = sha256_json([ev.model_dump(), self._ckpt_key(entry.name)])
-        out = self.run_dir / "reports" / entry.name / "test" / "metrics.json"
+        key = sha256_json([stage_key_fields(ev), self._ckpt_key(entry.name)])
+        out = self.paths.evaluation(entry.name, ev.split).metrics
         self._step(
             f"evaluate:{entry.name}",
             key,
             [out],
-            lambda: evaluate_model(self.run_dir, entry.name, options, progress=self.progress),
+            lambda: evaluate_model(self.run_dir, entry.name, ev, progress=self.progress),
         )
 
     def _stage_compare(self) -> None:
@@ -226,7 +218,7 @@ class Study:
 
         names = [e.name for e in self.entries]
         key = sha256_json([self.ledger.entries.get(f"evaluate:{n}", {}).get("key") for n in names])
-        out = self.run_dir / "reports" / "compare" / "test" / "comparison.json"
+        out = self.paths.comparison("test") / "comparison.json"
         ev = self.config.evaluate
         self._step(
             "compare",
@@ -243,30 +235,21 @@ class Study:
         return chosen
 
     def _stage_analyze(self) -> None:
-        from cxrlab.analysis.workflow import analysis_dir, analyze_model
+        from cxrlab.analysis.workflow import analyze_model
 
         an = self.config.analyze
         if not an.enabled:
             return
+        if an.seed is None:  # K-Means follows the data seed unless the study sets its own
+            an = an.model_copy(update={"seed": self.config.data.seed})
         name = self._analysis_model()
-        key = sha256_json([an.model_dump(), name, self._ckpt_key(name)])
-        out = analysis_dir(self.run_dir, name) / "analysis.json"
+        key = sha256_json([stage_key_fields(an), name, self._ckpt_key(name)])
+        out = self.paths.analysis(name) / "analysis.json"
         self._step(
             f"analyze:{name}",
             key,
             [out],
-            lambda: analyze_model(
-                self.run_dir,
-                name,
-                layers=an.layers,
-                split=an.split,
-                scaling=an.scaling,
-                k=an.k,
-                k_range=(an.k_min, an.k_max),
-                n_components=an.n_components,
-                seed=self.config.data.seed,
-                progress=self.progress,
-            ),
+            lambda: analyze_model(self.run_dir, name, an, progress=self.progress),
         )
 
     def _explained(self) -> list[ModelEntry]:
@@ -282,23 +265,17 @@ class Study:
         ex = self.config.explain
         key = sha256_json(
             [
-                ex.model_dump(),
+                stage_key_fields(ex),
                 self._ckpt_key(entry.name),
                 self.ledger.entries.get(f"evaluate:{entry.name}", {}).get("key"),
             ]
         )
-        out = self.run_dir / "reports" / entry.name / "explain" / "localization.json"
+        out = self.paths.explanation(entry.name) / "localization.json"
         self._step(
             f"explain:{entry.name}",
             key,
             [out],
-            lambda: explain_model(
-                self.run_dir,
-                entry.name,
-                split=ex.split,
-                per_group=ex.per_group,
-                progress=self.progress,
-            ),
+            lambda: explain_model(self.run_dir, entry.name, ex, progress=self.progress),
         )
 
     def _stage_report(self) -> None:
@@ -307,14 +284,14 @@ class Study:
         key = sha256_json(
             {k: v.get("key") for k, v in self.ledger.entries.items() if k != "report"}
         )
-        out = self.run_dir / "report.html"
+        out = self.paths.report_html
         names = [e.name for e in self.entries]
 
         def work() -> None:
             collect_figures(self.run_dir, names)
             build_report(self.run_dir)
 
-        self._step("report", key, [out, self.run_dir / FIGURES_DIR], work)
+        self._step("report", key, [out, self.paths.figures], work)
         self.result.report = out
 
 
@@ -324,17 +301,17 @@ def collect_figures(run_dir: str | Path, names: list[str], split: str = "test") 
     Names are flat: `compare_<figure>.png|svg` and `training_<model>.png|svg`. Files of those
     two kinds left by an earlier run are removed first; anything else in the folder stays.
     """
-    run_dir = Path(run_dir)
-    out = run_dir / FIGURES_DIR
+    paths = RunDir(run_dir)
+    out = paths.figures
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("compare_*"), *out.glob("training_*")]:
         old.unlink()
     sources: dict[str, Path] = {}
-    for path in sorted((run_dir / "reports" / "compare" / split / "figures").glob("*")):
+    for path in sorted(SplitDir(paths.comparison(split)).figures.glob("*")):
         if path.suffix in (".png", ".svg"):
             sources[f"compare_{path.name}"] = path
     for name in names:
-        for path in sorted((run_dir / "reports" / name / split / "figures").glob("training.*")):
+        for path in sorted(paths.evaluation(name, split).figures.glob("training.*")):
             sources[f"training_{name}{path.suffix}"] = path
     for target, source in sources.items():
         shutil.copyfile(source, out / target)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cxrlab.errors import ConfigError, DataError, ModelError
+from cxrlab.models.inference import autocast, model_device
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,22 @@ def extract_features(
     model: nn.Module,
     batches: Iterable,
     layers: Sequence[str],
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """Pooled activations of `layers` for every image in `batches`, one forward pass per batch.
 
     `batches` yields image tensors (B, C, H, W), or tuples/lists whose first item is one, or
     mappings with an ``"image"`` key (as a DataLoader over a cxrlab dataset does). Returns
     ``{layer: (N, C) float32}`` in the order the images came. The model is moved to `device`
-    and runs in eval mode; hooks are removed and its train/eval mode restored even when a
-    batch fails.
+    (default: where it already is) and runs in eval mode, with mixed precision on CUDA;
+    hooks are removed and its train/eval mode restored even when a batch fails.
     """
     layers = _check_layers(model, layers)
     modules = dict(model.named_modules())
     pooled: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     handles = []
     was_training = model.training
+    device = torch.device(device) if device is not None else model_device(model)
     model.eval().to(device)
     try:
         for name in layers:
@@ -79,9 +81,11 @@ def extract_features(
         with torch.inference_mode():
             for x in batches:
                 x = _images_of(x).to(device)
-                feats = model.forward_features(x)
-                if PENULTIMATE in pooled:
-                    head = model.forward_head(feats, pre_logits=True)
+                with autocast(device):
+                    feats = model.forward_features(x)
+                    wanted = PENULTIMATE in pooled
+                    head = model.forward_head(feats, pre_logits=True) if wanted else None
+                if head is not None:
                     pooled[PENULTIMATE].append(_pool(head, PENULTIMATE))
     finally:
         for handle in handles:

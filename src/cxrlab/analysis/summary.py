@@ -25,7 +25,7 @@ from cxrlab.analysis import figures
 from cxrlab.analysis.embedding import ClusterAnalysis, thread_limit
 from cxrlab.analysis.probe import probe_layers
 from cxrlab.errors import DataError
-from cxrlab.labels import parse_finding_labels, parse_targets
+from cxrlab.labels import IMAGE_INDEX, PATIENT_ID, parse_finding_labels, parse_targets
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ def _n_findings(meta: pd.DataFrame, Y: np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def _ids(meta: pd.DataFrame) -> np.ndarray:
-    if "Image Index" in meta.columns:
-        return meta["Image Index"].astype(str).to_numpy()
+    if IMAGE_INDEX in meta.columns:
+        return meta[IMAGE_INDEX].astype(str).to_numpy()
     return np.asarray([f"row {i}" for i in range(len(meta))])
 
 
@@ -115,7 +115,7 @@ def run_analysis(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"k_range": k_range, "k": k, "scaling": scaling, "n_components": n_components}
-    groups = meta["Patient ID"].to_numpy() if "Patient ID" in meta.columns else None
+    groups = meta[PATIENT_ID].to_numpy() if PATIENT_ID in meta.columns else None
     with thread_limit(n_threads):
         ca = ClusterAnalysis(**params, random_state=seed).fit(features)
         tables = _correspondence(ca.labels_, Y, targets, meta, alpha)
@@ -151,7 +151,7 @@ def _correspondence(labels, Y, targets, meta, alpha) -> dict:
 
 def _write_tables(out_dir: Path, meta, ca: ClusterAnalysis, tables: dict, probes) -> None:
     n_pc = min(3, ca.n_components_)
-    assign = pd.DataFrame({"Image Index": _ids(meta), "cluster": ca.labels_})
+    assign = pd.DataFrame({IMAGE_INDEX: _ids(meta), "cluster": ca.labels_})
     for i in range(n_pc):
         assign[f"PC{i + 1}"] = ca.embedding_[:, i]
     assign.to_csv(out_dir / "clusters.csv", index=False)

@@ -7,44 +7,61 @@ from pathlib import Path
 import typer
 
 from cxrlab.cli.app import app, console
+from cxrlab.cli.options import DEVICE_HELP, csv_list, from_config
+from cxrlab.config import AnalyzeConfig, Device, Scaling, Split
 
 
 @app.command("analyze")
 def analyze_command(
     run_dir: Path = typer.Argument(..., help="Run directory with a trained model."),
     model: str = typer.Option(..., "--model", help="Model name (folder under RUN_DIR/models)."),
-    layers: str = typer.Option(
-        "penultimate", help="Comma-separated layers; the first is clustered, all are probed."
+    layers: str = from_config(
+        AnalyzeConfig, "layers", help="Comma-separated layers; the first is clustered, all probed."
     ),
-    split: str = typer.Option("test", help="Split whose images are analysed."),
-    scaling: str = typer.Option(
-        "none", help="Before PCA: none (keeps the features' own geometry), standard, robust."
+    split: Split = from_config(AnalyzeConfig, "split", help="Split whose images are analysed."),
+    scaling: Scaling = from_config(
+        AnalyzeConfig,
+        "scaling",
+        help="Before PCA: none (keeps the features' own geometry), standard, robust.",
     ),
-    k: int = typer.Option(None, help="Number of clusters (default: best silhouette)."),
-    k_min: int = typer.Option(2, help="Smallest k tried."),
-    k_max: int = typer.Option(8, help="Largest k tried."),
-    n_components: int = typer.Option(50, help="PCA components K-Means runs on."),
-    seed: int = typer.Option(0, help="Seed for K-Means and subsampling."),
+    k: int = from_config(AnalyzeConfig, "k", help="Number of clusters (default: best silhouette)."),
+    k_min: int = from_config(AnalyzeConfig, "k_min", help="Smallest k tried."),
+    k_max: int = from_config(AnalyzeConfig, "k_max", help="Largest k tried."),
+    n_components: int = from_config(
+        AnalyzeConfig, "n_components", help="PCA components K-Means runs on."
+    ),
+    seed: int = from_config(
+        AnalyzeConfig, "seed", default=0, help="Seed for K-Means and subsampling."
+    ),
+    device: Device = from_config(AnalyzeConfig, "device", help=DEVICE_HELP),
+    batch_size: int = from_config(AnalyzeConfig, "batch_size", help="Images per forward pass."),
     list_layers: bool = typer.Option(False, "--list-layers", help="List layer names and exit."),
 ) -> None:
     """Features from intermediate layers → PCA, K-Means, cluster↔pathology statistics."""
     from cxrlab.analysis.workflow import analysis_dir, analyze_model, model_layers
+    from cxrlab.config import build
 
     if list_layers:
         for name in model_layers(run_dir, model):
             console.print(name)
         return
-    result = analyze_model(
-        run_dir,
-        model,
-        layers=[s.strip() for s in layers.split(",") if s.strip()],
-        split=split,
-        scaling=scaling,
-        k=k,
-        k_range=(k_min, k_max),
-        n_components=n_components,
-        seed=seed,
+    options = build(
+        AnalyzeConfig,
+        {
+            "layers": csv_list(layers) or [],
+            "split": split,
+            "scaling": scaling,
+            "k": k,
+            "k_min": k_min,
+            "k_max": k_max,
+            "n_components": n_components,
+            "seed": seed,
+            "device": device,
+            "batch_size": batch_size,
+        },
+        source="analyze options",
     )
+    result = analyze_model(run_dir, model, options)
     out = analysis_dir(run_dir, model)
     summary = out / "summary.md"
     if summary.is_file():

@@ -8,12 +8,10 @@ import typer
 from rich.table import Table
 
 from cxrlab.cli.app import app, console
+from cxrlab.cli.options import csv_list, from_config
 from cxrlab.cli.render import frame_table
+from cxrlab.config import DataConfig, Sampling, SplitMethod
 from cxrlab.labels import DEFAULT_TARGETS
-
-
-def _csv_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 @app.command("synth")
@@ -52,21 +50,29 @@ def prepare_command(
     ),
     n_images: int = typer.Option(None, help="Cohort size in images (default: all)."),
     one_per_patient: bool = typer.Option(False, help="One image per chosen patient."),
-    sampling: str = typer.Option("natural", help="natural (data set prevalence) or enriched."),
-    min_positives: int = typer.Option(50, help="enriched: minimum positive images per target."),
+    sampling: Sampling = from_config(
+        DataConfig, "sampling", help="natural (data set prevalence) or enriched."
+    ),
+    min_positives: int = from_config(
+        DataConfig, "min_positives", help="enriched: minimum positive images per target."
+    ),
     views: str = typer.Option(None, help="Keep only these views, e.g. PA or PA,AP."),
     age_min: int = typer.Option(None, help="Minimum patient age (inclusive)."),
     age_max: int = typer.Option(None, help="Maximum patient age (inclusive)."),
-    split: str = typer.Option("patient", help="patient (stratified by patient) or official."),
-    val: float = typer.Option(0.15, help="Share of patients for validation."),
-    test: float = typer.Option(0.15, help="Share of patients for test (split=patient)."),
-    image_size: int = typer.Option(224, help="Cached square image size in pixels."),
+    split: SplitMethod = from_config(
+        DataConfig, "split", help="patient (stratified by patient) or official."
+    ),
+    val: float = from_config(DataConfig, "val", help="Share of patients for validation."),
+    test: float = from_config(
+        DataConfig, "test", help="Share of patients for test (split=patient)."
+    ),
+    image_size: int = from_config(DataConfig, "image_size", help="Cached square side in px."),
     drop_missing: bool = typer.Option(False, help="Drop listed images that are missing."),
-    workers: int = typer.Option(1, min=1, help="Processes decoding images for the cache."),
-    seed: int = typer.Option(0, help="Seed for cohort selection and split."),
+    workers: int = from_config(DataConfig, "workers", help="Processes decoding images."),
+    seed: int = from_config(DataConfig, "seed", help="Seed for cohort selection and split."),
 ) -> None:
     """Select a cohort, split it by patient and build the image cache in OUT/data."""
-    from cxrlab.config import DataConfig, build
+    from cxrlab.config import build
     from cxrlab.data.prepare import prepare
 
     options = build(
@@ -78,7 +84,7 @@ def prepare_command(
             "one_per_patient": one_per_patient,
             "sampling": sampling,
             "min_positives": min_positives,
-            "views": _csv_list(views),
+            "views": csv_list(views),
             "age_min": age_min,
             "age_max": age_max,
             "split": split,

@@ -8,39 +8,57 @@ import typer
 from rich.table import Table
 
 from cxrlab.cli.app import app, console
+from cxrlab.cli.options import DEVICE_HELP, csv_list, from_config
 from cxrlab.cli.render import frame_table
+from cxrlab.config import Device, EvalSplit, EvaluateConfig, ThresholdRule
+from cxrlab.rundir import RunDir
 
 
 @app.command("evaluate")
 def evaluate_command(
     run_dir: Path = typer.Argument(..., help="Run directory with a trained model."),
     model: str = typer.Option(..., "--model", help="Model name (folder under RUN_DIR/models)."),
-    split: str = typer.Option("test", help="Split to evaluate: test or val."),
+    split: EvalSplit = from_config(EvaluateConfig, "split", help="Split to evaluate."),
     data_root: Path = typer.Option(
         None, help="Evaluate every image of another NIH-layout data set (external test set)."
     ),
-    threshold: str = typer.Option(
-        "max_f1", help="Threshold rule, chosen on val only: max_f1, youden, fixed_sensitivity."
+    threshold: ThresholdRule = from_config(
+        EvaluateConfig, "threshold", help="Threshold rule, chosen on val only."
     ),
-    sensitivity: float = typer.Option(0.90, help="Target sensitivity for fixed_sensitivity."),
-    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap resamples (over patients)."),
-    seed: int = typer.Option(0, help="Bootstrap seed."),
-    temperature: bool = typer.Option(False, help="Fit temperature scaling on val and apply it."),
-    drop_missing: bool = typer.Option(False, help="External set: drop missing images."),
-    batch_size: int = typer.Option(64, min=1, help="Images per forward pass."),
+    sensitivity: float = from_config(
+        EvaluateConfig, "target_sensitivity", help="Target sensitivity for fixed_sensitivity."
+    ),
+    bootstrap: int = from_config(
+        EvaluateConfig, "bootstrap", help="Bootstrap resamples (over patients)."
+    ),
+    seed: int = from_config(EvaluateConfig, "seed", help="Bootstrap seed."),
+    temperature: bool = from_config(
+        EvaluateConfig, "temperature", help="Fit temperature scaling on val and apply it."
+    ),
+    drop_missing: bool = from_config(
+        EvaluateConfig, "drop_missing", help="External set: drop missing images."
+    ),
+    device: Device = from_config(EvaluateConfig, "device", help=DEVICE_HELP),
+    batch_size: int = from_config(EvaluateConfig, "batch_size", help="Images per forward pass."),
 ) -> None:
     """Predict, choose thresholds on val, and report metrics with patient-bootstrap CIs."""
-    from cxrlab.evaluate.workflow import EvalOptions, evaluate_model
+    from cxrlab.config import build
+    from cxrlab.evaluate.workflow import evaluate_model
 
-    options = EvalOptions(
-        split=split,
-        threshold=threshold,
-        target_sensitivity=sensitivity,
-        n_boot=bootstrap,
-        seed=seed,
-        temperature=temperature,
-        batch_size=batch_size,
-        drop_missing=drop_missing,
+    options = build(
+        EvaluateConfig,
+        {
+            "split": split,
+            "threshold": threshold,
+            "target_sensitivity": sensitivity,
+            "bootstrap": bootstrap,
+            "seed": seed,
+            "temperature": temperature,
+            "drop_missing": drop_missing,
+            "device": device,
+            "batch_size": batch_size,
+        },
+        source="evaluate options",
     )
     result = evaluate_model(run_dir, model, options, data_root=data_root)
     print_evaluation(result)
@@ -66,16 +84,16 @@ def print_evaluation(result: dict) -> None:
 @app.command("compare")
 def compare_command(
     run_dir: Path = typer.Argument(..., help="Run directory with evaluated models."),
-    split: str = typer.Option("test", help="Split whose predictions to compare."),
+    split: EvalSplit = from_config(EvaluateConfig, "split", help="Split to compare on."),
     models: str = typer.Option(None, help="Comma-separated model names (default: all evaluated)."),
-    bootstrap: int = typer.Option(1000, min=10, help="Paired bootstrap resamples."),
-    seed: int = typer.Option(0, help="Bootstrap seed."),
+    bootstrap: int = from_config(EvaluateConfig, "bootstrap", help="Paired bootstrap resamples."),
+    seed: int = from_config(EvaluateConfig, "seed", help="Bootstrap seed."),
 ) -> None:
     """Compare every evaluated model: AUROC with CIs, DeLong and paired-bootstrap p-values."""
     from cxrlab.evaluate.compare import compare_models
     from cxrlab.evaluate.tables import paired_table
 
-    names = [m.strip() for m in models.split(",")] if models else None
+    names = csv_list(models)
     summary = compare_models(run_dir, split, names, n_boot=bootstrap, seed=seed)
     table = Table(title=f"AUROC on {split} (95% CI)")
     table.add_column("model")
@@ -86,7 +104,7 @@ def compare_command(
     console.print(table)
     for label, pair in summary["pairs"].items():
         console.print(frame_table(paired_table(pair["paired_bootstrap"]), f"Paired: {label}"))
-    console.print(f"written to {Path(run_dir) / 'reports' / 'compare' / split}")
+    console.print(f"written to {RunDir(run_dir).comparison(split)}")
 
 
 def _ci(entry: dict) -> str:

@@ -12,6 +12,8 @@ import typer
 from rich.table import Table
 
 from cxrlab.cli.app import app, console
+from cxrlab.cli.options import DEVICE_HELP, from_config
+from cxrlab.config import Device, ExplainConfig, Split
 
 
 @app.command("explain")
@@ -21,33 +23,43 @@ def explain_command(
     images: str = typer.Option(
         None, help="Comma-separated Image Index values: explain just these, for every target."
     ),
-    split: str = typer.Option("test", help="Split of the gallery and the scores: train|val|test."),
-    per_group: int = typer.Option(
-        4, min=0, help="Gallery images per group (true/false positives, false negatives)."
+    split: Split = from_config(
+        ExplainConfig, "split", help="Split of the gallery and the scores."
     ),
-    batch_size: int = typer.Option(16, min=1, help="Images per Grad-CAM forward/backward pass."),
-    tolerance: float = typer.Option(
-        0.0, min=0, help="Pointing game: grow each box by this many pixels per side."
+    per_group: int = from_config(
+        ExplainConfig,
+        "per_group",
+        help="Gallery images per group (true/false positives, false negatives).",
     ),
-    cam_threshold: float = typer.Option(
-        0.5, min=0, max=1, help="IoU: the map region >= this share of its peak."
+    batch_size: int = from_config(
+        ExplainConfig, "batch_size", help="Images per Grad-CAM forward/backward pass."
     ),
+    tolerance: float = from_config(
+        ExplainConfig, "tolerance", help="Pointing game: grow each box by this many pixels."
+    ),
+    cam_threshold: float = from_config(
+        ExplainConfig, "cam_threshold", help="IoU: the map region >= this share of its peak."
+    ),
+    device: Device = from_config(ExplainConfig, "device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Grad-CAM per image and pathology, scored against the radiologists' boxes."""
+    from cxrlab.config import build
     from cxrlab.explain.workflow import explain_model
 
-    result = explain_model(
-        run_dir,
-        model,
-        split=split,
-        images=images,
-        per_group=per_group,
-        batch_size=batch_size,
-        progress=progress,
-        tolerance_px=tolerance,
-        cam_threshold=cam_threshold,
+    options = build(
+        ExplainConfig,
+        {
+            "split": split,
+            "per_group": per_group,
+            "batch_size": batch_size,
+            "tolerance": tolerance,
+            "cam_threshold": cam_threshold,
+            "device": device,
+        },
+        source="explain options",
     )
+    result = explain_model(run_dir, model, options, images=images, progress=progress)
     console.print(localization_table(result))
     for note in result["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cxrlab.cli.app import app, console
+from cxrlab.rundir import RunDir
 
 
 def _on_stage(record) -> None:
@@ -36,8 +37,8 @@ def _print_models(run_dir: Path, names: list[str]) -> None:
     for column in ("model", "best epoch", "val", "test [95% CI, patient bootstrap]"):
         table.add_column(column, justify="right")
     for name in names:
-        run = _json(run_dir / "models" / name / "run.json")
-        test = _json(run_dir / "reports" / name / "test" / "metrics.json")
+        run = _json(RunDir(run_dir).model(name).run_json)
+        test = _json(RunDir(run_dir).evaluation(name, "test").metrics)
         auroc = (test.get("ci") or {}).get("macro", {}).get("auroc", {})
         val = run.get("best_val_auroc_macro")
         table.add_row(

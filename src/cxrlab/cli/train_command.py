@@ -9,14 +9,13 @@ torchrun --nproc-per-node 4 -m cxrlab train RUN_DIR --model densenet121 --pretra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from cxrlab.cli.app import app, console
-
-_NOT_GIVEN: Any = None  # every override defaults to "not given": the file's value stays
+from cxrlab.cli.options import NOT_GIVEN as _NOT_GIVEN  # a flag not given keeps the file's
+from cxrlab.config import Accelerator, Optimizer, Precision, Schedule, Strategy
 
 
 def _devices(value: str | None) -> int | str | None:
@@ -41,18 +40,16 @@ def train_command(
         _NOT_GIVEN, "--pretrained/--no-pretrained", help="Start from ImageNet weights."
     ),
     weights: Path = typer.Option(_NOT_GIVEN, help="Backbone weights file (.pth/.safetensors)."),
-    strategy: str = typer.Option(
-        _NOT_GIVEN, help="full | freeze-then-unfreeze | linear-probe (transfer learning)."
-    ),
+    strategy: Strategy = typer.Option(_NOT_GIVEN, help="Transfer learning strategy."),
     freeze_epochs: int = typer.Option(
         _NOT_GIVEN, help="Head-only epochs before unfreezing (freeze-then-unfreeze)."
     ),
     epochs: int = typer.Option(_NOT_GIVEN, help="Maximum epochs (default 30)."),
     batch_size: int = typer.Option(_NOT_GIVEN, help="Images per batch per device (default 32)."),
     lr: float = typer.Option(_NOT_GIVEN, help="Learning rate of the head / whole model."),
-    optimizer: str = typer.Option(_NOT_GIVEN, help="adamw (default) or adam."),
-    schedule: str = typer.Option(
-        _NOT_GIVEN, help="cosine (warm-up + cosine, default) | onecycle | plateau | none."
+    optimizer: Optimizer = typer.Option(_NOT_GIVEN, help="Optimizer (default adamw)."),
+    schedule: Schedule = typer.Option(
+        _NOT_GIVEN, help="LR schedule (default cosine: warm-up, then cosine decay)."
     ),
     patience: int = typer.Option(
         _NOT_GIVEN, help="Early stopping: epochs without val macro AUROC gain (default 5)."
@@ -61,10 +58,10 @@ def train_command(
         _NOT_GIVEN, "--pos-weight/--no-pos-weight", help="Weight positives by neg/pos in BCE."
     ),
     seed: int = typer.Option(_NOT_GIVEN, help="Seed; the same seed repeats a CPU run exactly."),
-    precision: str = typer.Option(
-        _NOT_GIVEN, help="auto (mixed on CUDA, 32 on CPU) | 32 | 16-mixed | bf16-mixed."
+    precision: Precision = typer.Option(
+        _NOT_GIVEN, help="auto: mixed precision on CUDA, 32-bit on CPU."
     ),
-    accelerator: str = typer.Option(_NOT_GIVEN, help="auto | cpu | gpu | cuda | mps."),
+    accelerator: Accelerator = typer.Option(_NOT_GIVEN, help="Where to train (auto: a GPU)."),
     devices: str = typer.Option(
         _NOT_GIVEN, help="Devices per node: a number or auto (>1 trains with DDP)."
     ),

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from cxrlab.data.imaging import read_square_u8, square_offsets
 from cxrlab.errors import ConfigError, CxrError, DataError, ImageReadError
+from cxrlab.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -361,8 +362,8 @@ def open_cache(cache_dir: str | Path) -> CachedImages:
     `cache_dir` is the cache folder or a run directory (its `data/cache` is used).
     """
     cache_dir = Path(cache_dir)
-    if not (cache_dir / META_FILE).exists() and (cache_dir / "data" / "cache").is_dir():
-        cache_dir = cache_dir / "data" / "cache"
+    if not (cache_dir / META_FILE).exists() and RunDir(cache_dir).cache.is_dir():
+        cache_dir = RunDir(cache_dir).cache
     meta = _read_meta(cache_dir)
     if meta is None:
         raise DataError(

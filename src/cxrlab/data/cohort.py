@@ -27,7 +27,7 @@ import pandas as pd
 
 from cxrlab.data.metadata import VIEWS, findings_matrix
 from cxrlab.errors import ConfigError
-from cxrlab.labels import parse_targets
+from cxrlab.labels import IMAGE_INDEX, PATIENT_ID, parse_targets
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def select_cohort(
     rng = np.random.default_rng(seed)
     y = findings_matrix(pool, targets)  # (N, K)
     if one_per_patient:
-        keep = _one_per_patient(pool["Patient ID"].to_numpy(), y, rng, sampling == "enriched")
+        keep = _one_per_patient(pool[PATIENT_ID].to_numpy(), y, rng, sampling == "enriched")
         pool, y = pool.iloc[keep].reset_index(drop=True), y[keep]
     if n_images is not None and n_images > len(pool):
         raise ConfigError(
@@ -78,7 +78,7 @@ def select_cohort(
             f"{' (one per patient)' if one_per_patient else ''} after filters"
             f" views={_show(views)}, age_range={age_range}"
         )
-    patient_ids, inverse = np.unique(pool["Patient ID"].to_numpy(), return_inverse=True)
+    patient_ids, inverse = np.unique(pool[PATIENT_ID].to_numpy(), return_inverse=True)
     sizes = np.bincount(inverse)  # (P,) images per patient
     positives = np.zeros((len(patient_ids), len(targets)), dtype=np.int64)  # (P, K)
     np.add.at(positives, inverse, y)
@@ -135,7 +135,7 @@ def _filter(df: pd.DataFrame, views, age_range) -> pd.DataFrame:
             f"no image passes the filters views={_show(views)}, age_range={age_range}"
             f" ({len(df)} images before filtering)"
         )
-    return df.loc[mask].sort_values("Image Index", kind="stable").reset_index(drop=True)
+    return df.loc[mask].sort_values(IMAGE_INDEX, kind="stable").reset_index(drop=True)
 
 
 def _one_per_patient(
@@ -209,7 +209,7 @@ def label_counts(df: pd.DataFrame, targets: str | Sequence[str]) -> pd.DataFrame
     """Per target: positive `images`, `patients` with any positive image, image `prevalence`."""
     targets = parse_targets(targets)
     y = findings_matrix(df, targets).astype(bool)  # (N, K)
-    per_patient = pd.DataFrame(y, columns=targets).groupby(df["Patient ID"].to_numpy()).any()
+    per_patient = pd.DataFrame(y, columns=targets).groupby(df[PATIENT_ID].to_numpy()).any()
     return pd.DataFrame(
         {
             "images": y.sum(axis=0),

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from cxrlab.errors import DataError
+from cxrlab.labels import IMAGE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def resolve_images(
             f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}; looked in"
             f" {root}, {root}/images and {root}/images_NNN/images"
         )
-    names = df["Image Index"]
+    names = df[IMAGE_INDEX]
     present = names.isin(available.keys()).to_numpy()
     n_missing = int((~present).sum())
     if n_missing and not drop_missing:
@@ -107,5 +108,5 @@ def resolve_images(
     if n_missing:
         log.warning("dropping %d of %d listed images missing under %s", n_missing, len(df), root)
     kept = df.loc[present].reset_index(drop=True)
-    paths = [available[name] for name in kept["Image Index"]]
+    paths = [available[name] for name in kept[IMAGE_INDEX]]
     return ResolvedImages(kept, paths, n_missing)

@@ -26,16 +26,23 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.errors import DataError
-from cxrlab.labels import FINDINGS, label_matrix, normalize_bbox_label, parse_finding_labels
+from cxrlab.labels import (
+    FINDINGS,
+    IMAGE_INDEX,
+    PATIENT_ID,
+    label_matrix,
+    normalize_bbox_label,
+    parse_finding_labels,
+)
 
 log = logging.getLogger(__name__)
 
 #: Columns `Data_Entry` must have, with the normalised name each becomes.
 REQUIRED_COLUMNS: dict[str, str] = {
-    "Image Index": "Image Index",
+    IMAGE_INDEX: IMAGE_INDEX,
     "Finding Labels": "Finding Labels",
     "Follow-up #": "follow_up",
-    "Patient ID": "Patient ID",
+    PATIENT_ID: PATIENT_ID,
     "Patient Age": "age",
     "Patient Gender": "sex",
     "View Position": "view",
@@ -43,8 +50,8 @@ REQUIRED_COLUMNS: dict[str, str] = {
 
 #: Columns of the frame `read_data_entry` returns, in this order.
 ENTRY_COLUMNS: tuple[str, ...] = (
-    "Image Index",
-    "Patient ID",
+    IMAGE_INDEX,
+    PATIENT_ID,
     "Finding Labels",
     "follow_up",
     "age",
@@ -54,7 +61,7 @@ ENTRY_COLUMNS: tuple[str, ...] = (
 
 SEXES: tuple[str, ...] = ("M", "F")
 VIEWS: tuple[str, ...] = ("PA", "AP")
-BBOX_COLUMNS: tuple[str, ...] = ("Image Index", "label", "x", "y", "w", "h")
+BBOX_COLUMNS: tuple[str, ...] = (IMAGE_INDEX, "label", "x", "y", "w", "h")
 
 DATA_ENTRY_PATTERNS: tuple[str, ...] = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")
 BBOX_PATTERNS: tuple[str, ...] = ("BBox_List_2017*.csv", "BBox_List_2017*.csv.gz")
@@ -125,8 +132,8 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
     findings_matrix_of(raw["Finding Labels"], FINDINGS, where)  # validates every label
     out = pd.DataFrame(
         {
-            "Image Index": raw["Image Index"],
-            "Patient ID": _int_column(raw["Patient ID"], "Patient ID", where),
+            IMAGE_INDEX: raw[IMAGE_INDEX],
+            PATIENT_ID: _int_column(raw[PATIENT_ID], PATIENT_ID, where),
             "Finding Labels": raw["Finding Labels"],
             "follow_up": _int_column(raw["Follow-up #"], "Follow-up #", where),
             "age": _int_column(raw["Patient Age"].str.rstrip("Yy"), "Patient Age", where),
@@ -134,7 +141,7 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
             "view": _choice_column(raw["View Position"], "View Position", VIEWS, where),
         }
     )
-    log.info("read %d rows, %d patients from %s", len(out), out["Patient ID"].nunique(), path)
+    log.info("read %d rows, %d patients from %s", len(out), out[PATIENT_ID].nunique(), path)
     return out
 
 
@@ -172,7 +179,7 @@ def _read_header(path: Path) -> list[str]:
 
 def _row_locator(raw: pd.DataFrame, path: Path):
     """Return where(i) -> 'FILE line L (Image Index X)' for data row i (header is line 1)."""
-    names = raw["Image Index"].to_numpy()
+    names = raw[IMAGE_INDEX].to_numpy()
 
     def where(i: int) -> str:
         return f"{path} line {i + 2} (Image Index {names[i]})"
@@ -181,9 +188,9 @@ def _row_locator(raw: pd.DataFrame, path: Path):
 
 
 def _check_unique_index(raw: pd.DataFrame, path: Path) -> None:
-    dup = raw["Image Index"].duplicated(keep=False)
+    dup = raw[IMAGE_INDEX].duplicated(keep=False)
     if dup.any():
-        names = raw.loc[dup, "Image Index"].unique()
+        names = raw.loc[dup, IMAGE_INDEX].unique()
         raise DataError(
             f"{path}: {len(names)} Image Index value(s) appear more than once, e.g."
             f" {', '.join(names[:5])}; each image must have exactly one row"
@@ -269,7 +276,7 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"bounding-box file {path} does not exist")
     header = [cell.strip() for cell in _read_header(path)]
-    if header[:2] != ["Image Index", "Finding Label"]:
+    if header[:2] != [IMAGE_INDEX, "Finding Label"]:
         raise DataError(
             f"{path} does not look like BBox_List_2017.csv: header starts {header[:3]},"
             " expected 'Image Index,Finding Label,Bbox [x,y,w,h]'"
@@ -280,7 +287,7 @@ def read_bbox_list(path: str | Path) -> pd.DataFrame:
     raw.columns = list(BBOX_COLUMNS)
     raw = raw.apply(lambda col: col.str.strip())
     where = _row_locator(raw, path)
-    out = raw[["Image Index"]].copy()
+    out = raw[[IMAGE_INDEX]].copy()
     out["label"] = _bbox_labels(raw["label"], where)
     for col in ("x", "y", "w", "h"):
         out[col] = _float_column(raw[col], col, where)

@@ -27,14 +27,12 @@ from cxrlab.data.metadata import (
 )
 from cxrlab.data.split import check_leakage, official_split, split_patients, split_summary
 from cxrlab.errors import ConfigError, DataError
+from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
+from cxrlab.rundir import RunDir
 from cxrlab.runinfo import package_versions, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
-COHORT_FILE = "cohort.csv"
-SUMMARY_FILE = "split_summary.json"
-PREPARE_FILE = "prepare.json"
-BOXES_FILE = "boxes.csv"
 #: NIH PNGs are 1024 x 1024 and BBox_List_2017 coordinates are in that frame.
 BOX_FRAME = 1024
 META_COLUMNS = ("Finding Labels", "age", "sex", "view", "follow_up")
@@ -59,7 +57,7 @@ def prepare(options: DataConfig, out: str | Path, *, progress: bool = True) -> P
     """Run the prepare stage for `options` into `out/data`; safe to re-run (cache resumes)."""
     if not options.data_root:
         raise ConfigError("prepare needs a data root (--data-root DIR in NIH layout)")
-    data_dir = Path(out) / "data"
+    paths = RunDir(out)
     files = find_metadata_files(options.data_root)
     entries = read_data_entry(files.data_entry)
     resolved = resolve_images(entries, files.root, drop_missing=options.drop_missing)
@@ -67,27 +65,27 @@ def prepare(options: DataConfig, out: str | Path, *, progress: bool = True) -> P
     cohort = _select(pool, options)
     cohort["split"] = _split(cohort, options, files)
     check_leakage(cohort)
-    cohort = cohort.sort_values(["split", "Patient ID", "Image Index"], kind="stable")
+    cohort = cohort.sort_values(["split", PATIENT_ID, IMAGE_INDEX], kind="stable")
     cohort = cohort.reset_index(drop=True)
     targets = list(options.pathologies)
     summary = split_summary(cohort, targets)
     summary.update(split=options.split, seed=options.seed)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    paths.data.mkdir(parents=True, exist_ok=True)
     table = cohort_table(cohort, targets)
-    write_atomic(data_dir / COHORT_FILE, table.to_csv(index=False))
-    write_json(data_dir / SUMMARY_FILE, summary)
-    n_boxes = _write_boxes(files, cohort, options.image_size, data_dir / BOXES_FILE)
-    write_json(data_dir / PREPARE_FILE, _provenance(options, files, resolved.n_missing))
+    write_atomic(paths.cohort, table.to_csv(index=False))
+    write_json(paths.split_summary, summary)
+    n_boxes = _write_boxes(files, cohort, options.image_size, paths.boxes)
+    write_json(paths.prepare_json, _provenance(options, files, resolved.n_missing))
     cache = build_cache(
         cohort["_path"].tolist(),
-        cohort["Image Index"].tolist(),
-        data_dir / "cache",
+        cohort[IMAGE_INDEX].tolist(),
+        paths.cache,
         size=options.image_size,
         workers=options.workers,
         progress=progress,
     )
     return PrepareResult(
-        data_dir=data_dir,
+        data_dir=paths.data,
         cohort=table,
         summary=summary,
         counts=label_counts(cohort, targets),
@@ -131,7 +129,7 @@ def _split(cohort: pd.DataFrame, options: DataConfig, files: MetadataFiles) -> p
 def cohort_table(cohort: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
     """The `cohort.csv` frame: ids, split, one 0/1 column per target, then metadata."""
     y = findings_matrix(cohort, targets)  # (N, K)
-    table = cohort[["Image Index", "Patient ID", "split"]].copy()
+    table = cohort[[IMAGE_INDEX, PATIENT_ID, "split"]].copy()
     for k, name in enumerate(targets):
         table[name] = y[:, k].astype(np.uint8)
     for column in META_COLUMNS:
@@ -141,11 +139,11 @@ def cohort_table(cohort: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
 
 def _write_boxes(files: MetadataFiles, cohort: pd.DataFrame, size: int, path: Path) -> int:
     """Boxes of cohort images, in the 1024 NIH frame and normalised to the cached square."""
-    columns = ["Image Index", "label", "x", "y", "w", "h", "x0", "y0", "x1", "y1"]
+    columns = [IMAGE_INDEX, "label", "x", "y", "w", "h", "x0", "y0", "x1", "y1"]
     boxes = pd.DataFrame(columns=columns)
     if files.bbox_list is not None:
         found = read_bbox_list(files.bbox_list)
-        boxes = found[found["Image Index"].isin(set(cohort["Image Index"]))].copy()
+        boxes = found[found[IMAGE_INDEX].isin(set(cohort[IMAGE_INDEX]))].copy()
         coords = [
             box_to_cache_coords(r.x, r.y, r.w, r.h, BOX_FRAME, BOX_FRAME)
             for r in boxes.itertuples(index=False)
@@ -168,21 +166,3 @@ def _provenance(options: DataConfig, files: MetadataFiles, n_missing: int) -> di
         "box_frame": BOX_FRAME,
         "versions": package_versions(),
     }
-
-
-def load_cohort(run_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """Read RUN_DIR/data/cohort.csv and its targets (from split_summary.json)."""
-    from cxrlab.runinfo import read_json
-
-    data_dir = Path(run_dir) / "data"
-    cohort_path, summary_path = data_dir / COHORT_FILE, data_dir / SUMMARY_FILE
-    if not cohort_path.is_file() or not summary_path.is_file():
-        raise DataError(
-            f"{data_dir} has no {COHORT_FILE}/{SUMMARY_FILE}: run `cxrlab prepare --out {run_dir}`"
-        )
-    targets = list(read_json(summary_path)["targets"])
-    cohort = pd.read_csv(cohort_path, dtype={"Image Index": str})
-    missing = [t for t in targets if t not in cohort.columns]
-    if missing:
-        raise DataError(f"{cohort_path} lacks target columns {missing}; re-run prepare")
-    return cohort, targets

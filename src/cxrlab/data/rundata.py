@@ -12,7 +12,8 @@ import pandas as pd
 
 from cxrlab.data.cache import CachedImages, open_cache
 from cxrlab.errors import DataError
-from cxrlab.labels import FINDINGS
+from cxrlab.labels import FINDINGS, IMAGE_INDEX, PATIENT_ID
+from cxrlab.rundir import RunDir, as_run_dir
 from cxrlab.runinfo import read_json
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,21 @@ class RunData:
     split: np.ndarray  # (N,) str: train / val / test
     cache: CachedImages  # .images: (N, S, S) uint8 read-only memmap; pickles as a path
     split_hash: str | None
+    cohort: pd.DataFrame  # cohort.csv, row i == cache row i; ids as str
+
+    @property
+    def paths(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """(N,) Image Index of every cohort row."""
+        return self.cohort[IMAGE_INDEX].to_numpy()
+
+    @property
+    def patient_ids(self) -> np.ndarray:
+        """(N,) Patient ID (str) of every cohort row."""
+        return self.cohort[PATIENT_ID].to_numpy()
 
     @property
     def image_size(self) -> int:
@@ -46,36 +62,51 @@ class RunData:
         return np.flatnonzero(self.split == split)
 
 
-def load_run_data(run_dir: str | Path) -> RunData:
-    """Read `data/cohort.csv`, `data/split_summary.json` and the cache of a prepared run."""
-    run_dir = Path(run_dir)
-    cohort_path = run_dir / "data" / "cohort.csv"
-    if not cohort_path.is_file():
-        raise DataError(
-            f"{cohort_path} not found; run `cxrlab prepare --data-root DIR --out {run_dir}` first"
-        )
-    cohort = pd.read_csv(cohort_path, dtype={"Image Index": str, "Patient ID": str})
-    summary_path = run_dir / "data" / "split_summary.json"
-    summary = read_json(summary_path) if summary_path.is_file() else {}
+def load_run_data(run_dir: str | Path | RunDir) -> RunData:
+    """Read `data/cohort.csv`, `data/split_summary.json` and the cache of a prepared run.
+
+    The one reader of cohort.csv: ids and patient ids are strings whatever they look like.
+    """
+    paths = as_run_dir(run_dir)
+    paths.require_prepared()
+    cohort_path = paths.cohort
+    cohort = read_cohort(cohort_path)
+    summary = read_json(paths.split_summary) if paths.split_summary.is_file() else {}
     targets = list(summary.get("targets") or targets_from_columns(cohort, cohort_path))
+    labels = _label_matrix(cohort, targets, cohort_path)  # (N, K)
+    split = cohort["split"].astype(str).to_numpy()
+    unknown = sorted(set(split) - set(SPLITS))
+    if unknown:
+        raise DataError(f"{cohort_path} column 'split' holds {unknown}; valid: {SPLITS}")
+    cache = open_images(paths, cohort[IMAGE_INDEX].tolist())
+    return RunData(paths.root, targets, labels, split, cache, summary.get("split_hash"), cohort)
+
+
+def read_cohort(path: Path) -> pd.DataFrame:
+    """A cohort.csv frame with `Image Index` and `Patient ID` read as strings."""
+    try:
+        cohort = pd.read_csv(path, dtype={IMAGE_INDEX: str, PATIENT_ID: str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path} is not a readable cohort table: {exc}") from None
+    missing = [c for c in (IMAGE_INDEX, PATIENT_ID, "split") if c not in cohort.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}; it has {list(cohort.columns)}")
+    return cohort
+
+
+def _label_matrix(cohort: pd.DataFrame, targets: list[str], where: Path) -> np.ndarray:
     missing = [t for t in targets if t not in cohort.columns]
     if missing:
-        raise DataError(f"{cohort_path} lacks target columns {missing}; it has {list(cohort)}")
+        raise DataError(f"{where} lacks target columns {missing}; it has {list(cohort)}")
     values = cohort[targets]
     bad = ~values.isin([0, 1]).to_numpy()
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise DataError(
-            f"{cohort_path} row {row + 2} column {targets[col]!r} holds"
+            f"{where} row {row + 2} column {targets[col]!r} holds"
             f" {str(values.iat[row, col])!r}; target columns must be 0 or 1"
         )
-    labels = values.to_numpy(dtype=np.float32)  # (N, K)
-    split = cohort["split"].astype(str).to_numpy()
-    unknown = sorted(set(split) - set(SPLITS))
-    if unknown:
-        raise DataError(f"{cohort_path} column 'split' holds {unknown}; valid: {SPLITS}")
-    cache = open_images(run_dir, cohort["Image Index"].tolist())
-    return RunData(run_dir, targets, labels, split, cache, summary.get("split_hash"))
+    return values.to_numpy(dtype=np.float32)
 
 
 def targets_from_columns(cohort: pd.DataFrame, where: Path | str = "cohort.csv") -> list[str]:
@@ -93,8 +124,8 @@ def targets_from_columns(cohort: pd.DataFrame, where: Path | str = "cohort.csv")
     return targets
 
 
-def open_images(run_dir: Path, ids: Sequence[str]) -> CachedImages:
+def open_images(run_dir: str | Path | RunDir, ids: Sequence[str]) -> CachedImages:
     """The run's image cache, checked to hold exactly `ids` (cohort order) as uint8 S x S."""
-    cache = open_cache(run_dir / "data" / "cache")
+    cache = open_cache(as_run_dir(run_dir).cache)
     cache.check_ids(ids)
     return cache

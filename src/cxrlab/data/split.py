@@ -28,7 +28,7 @@ import pandas as pd
 
 from cxrlab.data.metadata import findings_matrix
 from cxrlab.errors import ConfigError, DataError, LeakageError
-from cxrlab.labels import FINDINGS, parse_targets
+from cxrlab.labels import FINDINGS, IMAGE_INDEX, PATIENT_ID, parse_targets
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def official_split(
     """
     _check_fractions(val=val)
     targets = parse_targets(targets if targets is not None else list(FINDINGS))
-    names = df["Image Index"]
+    names = df[IMAGE_INDEX]
     in_test = names.isin(split_lists["test"]).to_numpy()
     in_train_val = names.isin(split_lists["train_val"]).to_numpy()
     unlisted = ~(in_test | in_train_val)
@@ -108,7 +108,7 @@ def _stratify(df: pd.DataFrame, targets: list[str], ratios: np.ndarray, seed: in
     """Part index (0 train, 1 val, 2 test) per row, assigned per patient."""
     if len(df) == 0:
         return np.zeros(0, dtype=int)
-    _, inverse = np.unique(df["Patient ID"].to_numpy(), return_inverse=True)
+    _, inverse = np.unique(df[PATIENT_ID].to_numpy(), return_inverse=True)
     sizes = np.bincount(inverse)  # (P,) images per patient
     counts = np.zeros((len(sizes), len(targets)), dtype=np.int64)  # (P, K) positive images
     np.add.at(counts, inverse, findings_matrix(df, targets))
@@ -161,7 +161,7 @@ def _rarest_left(counts: np.ndarray, part: np.ndarray) -> int | None:
 
 def patient_overlap(df: pd.DataFrame, split_col: str = "split") -> np.ndarray:
     """Sorted IDs of patients whose images are in more than one part of `split_col`."""
-    parts_per_patient = df.groupby("Patient ID")[split_col].nunique()
+    parts_per_patient = df.groupby(PATIENT_ID)[split_col].nunique()
     return np.sort(parts_per_patient.index[parts_per_patient.to_numpy() > 1].to_numpy())
 
 
@@ -185,8 +185,8 @@ def split_hash(df: pd.DataFrame, targets: str | Sequence[str], split_col: str = 
     Identical for the same assignment whatever the row order of `df`.
     """
     targets = parse_targets(targets)
-    pairs = df[["Image Index", split_col]].sort_values("Image Index", kind="stable")
-    lines = pairs["Image Index"].astype(str) + "," + pairs[split_col].astype(str)
+    pairs = df[[IMAGE_INDEX, split_col]].sort_values(IMAGE_INDEX, kind="stable")
+    lines = pairs[IMAGE_INDEX].astype(str) + "," + pairs[split_col].astype(str)
     text = "targets:" + "|".join(targets) + "\n" + "\n".join(lines) + "\n"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -197,7 +197,7 @@ def split_summary(df: pd.DataFrame, targets: str | Sequence[str], split_col: str
     y = findings_matrix(df, targets)  # (N, K)
     parts = df[split_col].to_numpy()
     summary: dict = {"targets": targets, "n_images": len(df)}
-    summary["n_patients"] = int(df["Patient ID"].nunique())
+    summary["n_patients"] = int(df[PATIENT_ID].nunique())
     summary["splits"] = {}
     for name in SPLITS:
         rows = parts == name
@@ -205,7 +205,7 @@ def split_summary(df: pd.DataFrame, targets: str | Sequence[str], split_col: str
         positives = y[rows].sum(axis=0)
         summary["splits"][name] = {
             "images": n,
-            "patients": int(df.loc[rows, "Patient ID"].nunique()),
+            "patients": int(df.loc[rows, PATIENT_ID].nunique()),
             "positives": {t: int(c) for t, c in zip(targets, positives, strict=True)},
             "prevalence": {
                 t: (float(c / n) if n else None) for t, c in zip(targets, positives, strict=True)

@@ -24,6 +24,7 @@ from cxrlab.evaluate.figures import (
 )
 from cxrlab.evaluate.metrics import Predictions, check_same_run, read_predictions
 from cxrlab.evaluate.tables import format_ci, paired_table, save_table
+from cxrlab.rundir import RunDir, SplitDir
 from cxrlab.runinfo import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,8 @@ log = logging.getLogger(__name__)
 
 def evaluated_models(run_dir: str | Path, split: str = "test") -> list[str]:
     """Models with `reports/<name>/<split>/metrics.json`, sorted by name."""
-    reports = Path(run_dir) / "reports"
-    return sorted(
-        p.parent.parent.name for p in reports.glob(f"*/{split}/metrics.json") if p.is_file()
-    )
+    paths = RunDir(run_dir)
+    return [n for n in paths.evaluated_models() if paths.evaluation(n, split).metrics.is_file()]
 
 
 def compare_models(
@@ -46,16 +45,17 @@ def compare_models(
     seed: int = 0,
 ) -> dict:
     """Compare evaluated models; writes `reports/compare/<split>/` and returns its summary."""
-    run_dir = Path(run_dir)
-    names = models or evaluated_models(run_dir, split)
+    paths = RunDir(run_dir)
+    names = models or evaluated_models(paths, split)
     if len(names) < 1:
         raise EvaluationError(
-            f"no evaluated model in {run_dir}/reports (split {split!r});"
+            f"no evaluated model in {paths.reports} (split {split!r});"
             " run `cxrlab evaluate` for each model first"
         )
-    preds = {name: _read(run_dir, name, split) for name in names}
+    _check_evaluated(paths, names, split)
+    preds = {name: _read(paths, name, split) for name in names}
     y, patient_ids, targets = _common(preds)
-    out_dir = run_dir / "reports" / "compare" / split
+    out_dir = paths.comparison(split)
     pairs = {}
     for a, b in itertools.combinations(names, 2):
         pairs[f"{a} vs {b}"] = {
@@ -66,9 +66,7 @@ def compare_models(
                 y, preds[a].p, preds[b].p, patient_ids, n_boot=n_boot, seed=seed, targets=targets
             ),
         }
-    metrics = {
-        name: read_json(run_dir / "reports" / name / split / "metrics.json") for name in names
-    }
+    metrics = {name: read_json(paths.evaluation(name, split).metrics) for name in names}
     summary = {
         "split": split,
         "models": names,
@@ -81,7 +79,7 @@ def compare_models(
     write_json(out_dir / "comparison.json", summary)
     _write_tables(summary, metrics, targets, out_dir)
     probs = {name: preds[name].p for name in names}
-    fig_dir = out_dir / "figures"
+    fig_dir = SplitDir(out_dir).figures
     plot_roc_curves(y, probs, targets, fig_dir)
     plot_pr_curves(y, probs, targets, fig_dir)
     plot_reliability(y, probs, targets, fig_dir)
@@ -89,14 +87,22 @@ def compare_models(
     return summary
 
 
-def _read(run_dir: Path, name: str, split: str) -> Predictions:
+def _check_evaluated(paths: RunDir, names: list[str], split: str) -> None:
+    missing = [n for n in names if not paths.evaluation(n, split).metrics.is_file()]
+    if missing:
+        have = ", ".join(evaluated_models(paths, split)) or "none"
+        raise EvaluationError(
+            f"model(s) {', '.join(missing)} have no {split} evaluation in {paths.reports} "
+            f"(evaluated: {have}); run `cxrlab evaluate {paths.root} --model NAME` first"
+        )
+
+
+def _read(paths: RunDir, name: str, split: str) -> Predictions:
     """One model's predictions, refused when its sidecar names another run's split."""
-    path = run_dir / "reports" / name / split / "predictions.csv"
-    sidecar = path.with_suffix(".json")
-    summary = run_dir / "data" / "split_summary.json"
-    if sidecar.is_file() and summary.is_file():
-        check_same_run(sidecar, read_json(summary)["split_hash"])
-    return read_predictions(path)
+    folder = paths.evaluation(name, split)
+    if folder.predictions_meta.is_file() and paths.split_summary.is_file():
+        check_same_run(folder.predictions_meta, read_json(paths.split_summary)["split_hash"])
+    return read_predictions(folder.predictions)
 
 
 def _common(preds: dict[str, Predictions]):

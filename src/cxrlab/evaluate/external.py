@@ -16,40 +16,36 @@ from cxrlab.data.discovery import resolve_images
 from cxrlab.data.metadata import find_metadata_files, read_data_entry
 from cxrlab.data.prepare import cohort_table
 from cxrlab.evaluate.predict import predictions_frame, write_predictions
+from cxrlab.labels import IMAGE_INDEX
 from cxrlab.models.inference import predict_images
+from cxrlab.rundir import SplitDir
 
 log = logging.getLogger(__name__)
 
 
-def external_dir(run_dir: Path, name: str, data_root: str | Path) -> Path:
-    return Path(run_dir) / "reports" / name / f"external-{Path(data_root).resolve().name}"
-
-
-def predict_external(model, info, run_dir, name, data_root, sidecar, options, progress) -> Path:
+def predict_external(trained, data, data_root, sidecar, options, progress) -> SplitDir:
     """Predict every image listed in `data_root`'s Data_Entry; returns the output folder."""
     files = find_metadata_files(data_root)
     entries = read_data_entry(files.data_entry)
     resolved = resolve_images(entries, files.root, drop_missing=options.drop_missing)
-    targets = list(info["targets"])
+    targets = list(trained.info["targets"])
     cohort = cohort_table(resolved.df.assign(split="external"), targets)
-    out_dir = external_dir(run_dir, name, data_root)
-    size = int(info["image_size"])
+    out_dir = data.paths.external(trained.name, data_root)
     build_cache(
         resolved.paths,
-        cohort["Image Index"].tolist(),
-        out_dir / "cache",
-        size=size,
+        cohort[IMAGE_INDEX].tolist(),
+        out_dir.cache,
+        size=int(trained.info["image_size"]),
         workers=1,
         progress=progress,
     )
-    cache = open_cache(out_dir / "cache")
-    rows = np.arange(len(cohort))
+    cache = open_cache(out_dir.cache)
     probs = predict_images(
-        model,
+        trained.model,
         cache.images,
-        rows,
-        info["mean"],
-        info["std"],
+        np.arange(len(cohort)),
+        trained.mean,
+        trained.std,
         batch_size=options.batch_size,
         progress=progress,
         desc="predicting external",

@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.errors import EvaluationError
+from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
 
 log = logging.getLogger(__name__)
 
-ID_COLUMN = "Image Index"
-PATIENT_COLUMN = "Patient ID"
+ID_COLUMN = IMAGE_INDEX
+PATIENT_COLUMN = PATIENT_ID
 META_COLUMNS = ("age", "sex", "view")
 NO_POSITIVES = "no positives in this split"
 NO_NEGATIVES = "no negatives in this split"

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
+from cxrlab.rundir import SplitDir
 from cxrlab.runinfo import write_atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ def predictions_frame(
     cohort: pd.DataFrame, targets: Sequence[str], probs: np.ndarray
 ) -> pd.DataFrame:
     """The predictions.csv frame for `cohort` rows (row-aligned with `probs` (N, K))."""
-    frame = cohort[["Image Index", "Patient ID"]].reset_index(drop=True).copy()
+    frame = cohort[[IMAGE_INDEX, PATIENT_ID]].reset_index(drop=True).copy()
     for k, name in enumerate(targets):
         frame[f"p_{name}"] = probs[:, k].astype(float)
         frame[f"y_{name}"] = cohort[name].to_numpy().astype(int)
@@ -34,10 +36,10 @@ def predictions_frame(
     return frame
 
 
-def write_predictions(frame: pd.DataFrame, out_dir: Path, sidecar: dict) -> Path:
+def write_predictions(frame: pd.DataFrame, out_dir: SplitDir, sidecar: dict) -> Path:
     """Write predictions.csv and its predictions.json sidecar (run id, split hash, model)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = write_atomic(out_dir / "predictions.csv", frame.to_csv(index=False, float_format="%.6f"))
-    write_json(out_dir / "predictions.json", sidecar)
+    out_dir.path.mkdir(parents=True, exist_ok=True)
+    path = write_atomic(out_dir.predictions, frame.to_csv(index=False, float_format="%.6f"))
+    write_json(out_dir.predictions_meta, sidecar)
     log.info("wrote %d predictions to %s", len(frame), path)
     return path

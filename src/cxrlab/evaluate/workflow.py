@@ -11,11 +11,12 @@ Layout, per model `<name>` (docs/ARCHITECTURE.md):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from cxrlab.config import EvaluateConfig, with_overrides
 from cxrlab.errors import EvaluationError
 from cxrlab.evaluate.bootstrap import bootstrap_ci
 from cxrlab.evaluate.calibration import TemperatureScaler, calibration_report
@@ -38,108 +39,81 @@ from cxrlab.evaluate.tables import (
 )
 from cxrlab.evaluate.thresholds import choose_thresholds, save_thresholds
 from cxrlab.models.inference import predict_images
+from cxrlab.rundir import RunDir, SplitDir
 from cxrlab.runinfo import read_json, write_json
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalOptions:
-    """How to evaluate; the defaults are what `cxrlab evaluate` uses."""
-
-    split: str = "test"  # test (default) or val; external sets use --data-root
-    threshold: str = "max_f1"  # max_f1 | youden | fixed_sensitivity, chosen on val only
-    target_sensitivity: float = 0.90  # for threshold=fixed_sensitivity
-    n_boot: int = 1000  # bootstrap resamples over patients for every CI
-    seed: int = 0  # bootstrap seed
-    temperature: bool = False  # fit temperature scaling on val and apply it
-    batch_size: int = 64
-    figures: bool = True
-    drop_missing: bool = False  # external sets: leave out listed-but-missing images
-    age_edges: list[int] = field(default_factory=lambda: [40, 60, 80])
-
-
 def evaluate_model(
     run_dir: str | Path,
     name: str,
-    options: EvalOptions | None = None,
+    options: EvaluateConfig | None = None,
     *,
     data_root: str | Path | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> dict:
-    """Evaluate model `name` of a run on its test split (or an external NIH-layout set)."""
-    from cxrlab.data.rundata import load_run_data
-    from cxrlab.models.checkpoint import load_model_from_checkpoint, trained_model_dir
+    """Evaluate model `name` of a run on its test split (or an external NIH-layout set).
 
-    options = options or EvalOptions()
-    run_dir = Path(run_dir)
-    mdir = trained_model_dir(run_dir, name)
-    model, info = load_model_from_checkpoint(mdir / "best.ckpt")
+    `options` (default `EvaluateConfig()`) with `overrides` (its field names) on top."""
+    from cxrlab.data.rundata import load_run_data
+    from cxrlab.models.checkpoint import load_trained
+
+    options = with_overrides(options or EvaluateConfig(), overrides)
     data = load_run_data(run_dir)
-    if info.get("split_hash") and data.split_hash and info["split_hash"] != data.split_hash:
-        raise EvaluationError(
-            f"model {name!r} was trained on another split (hash {info['split_hash'][:12]}) than"
-            f" {run_dir}'s (hash {data.split_hash[:12]}); re-train it on this run"
+    trained = load_trained(data, name, options.device)
+    if options.split == "val" and data_root is None:
+        log.warning(
+            "evaluating on val: its thresholds are chosen on these same images, so threshold "
+            "metrics are optimistic"
         )
     sidecar = {
-        "run_id": str(run_dir.resolve()),
+        "run_id": str(data.run_dir.resolve()),
         "split_hash": data.split_hash,
         "model": name,
         "targets": data.targets,
-        "checkpoint_epoch": info.get("epoch"),
+        "checkpoint_epoch": trained.info.get("epoch"),
     }
-    reports = run_dir / "reports" / name
-    cohort = _cohort(run_dir)
-    val_dir = _predict_split(model, info, data, cohort, "val", reports, sidecar, options, progress)
-    val = read_predictions(val_dir / "predictions.csv", data.targets)
+    val_dir = _predict_split(trained, data, "val", sidecar, options, progress)
+    val = read_predictions(val_dir.predictions, data.targets)
     thresholds = choose_thresholds(
         val.y, val.p, val.targets, options.threshold, options.target_sensitivity
     )
-    save_thresholds(thresholds, mdir / "thresholds.json")
+    save_thresholds(thresholds, trained.folder.thresholds)
     scaler = TemperatureScaler().fit(val.p, val.y) if options.temperature else None
     if data_root is not None:
         from cxrlab.evaluate.external import predict_external
 
-        out_dir = predict_external(
-            model, info, run_dir, name, data_root, sidecar, options, progress
-        )
+        out_dir = predict_external(trained, data, data_root, sidecar, options, progress)
     else:
-        out_dir = _predict_split(
-            model, info, data, cohort, options.split, reports, sidecar, options, progress
-        )
-    result = evaluate_predictions(
-        out_dir / "predictions.csv",
+        out_dir = _predict_split(trained, data, options.split, sidecar, options, progress)
+    return evaluate_predictions(
+        out_dir.predictions,
         thresholds,
         options,
         scaler=scaler,
-        training_csv=mdir / "metrics.csv",
+        training_csv=trained.folder.metrics_csv,
         model_name=name,
     )
-    return result
 
 
-def _cohort(run_dir: Path):
-    from cxrlab.data.prepare import load_cohort
-
-    return load_cohort(run_dir)[0]
-
-
-def _predict_split(model, info, data, cohort, split, reports, sidecar, options, progress) -> Path:
+def _predict_split(trained, data, split: str, sidecar: dict, options, progress) -> SplitDir:
     rows = data.rows(split)
     if rows.size == 0:
         raise EvaluationError(f"split {split!r} of {data.run_dir} has no images")
     probs = predict_images(
-        model,
+        trained.model,
         data.images,
         rows,
-        info["mean"],
-        info["std"],
+        trained.mean,
+        trained.std,
         batch_size=options.batch_size,
         progress=progress,
         desc=f"predicting {split}",
     )
-    frame = predictions_frame(cohort.iloc[rows], data.targets, probs)
-    out_dir = reports / split
+    frame = predictions_frame(data.cohort.iloc[rows], data.targets, probs)
+    out_dir = data.paths.evaluation(trained.name, split)
     write_predictions(frame, out_dir, {**sidecar, "split": split})
     return out_dir
 
@@ -147,7 +121,7 @@ def _predict_split(model, info, data, cohort, split, reports, sidecar, options, 
 def evaluate_predictions(
     path: str | Path,
     thresholds: dict,
-    options: EvalOptions,
+    options: EvaluateConfig,
     *,
     scaler: TemperatureScaler | None = None,
     training_csv: Path | None = None,
@@ -168,7 +142,7 @@ def evaluate_predictions(
         preds.patient_ids,
         thresholds,
         preds.targets,
-        n_boot=options.n_boot,
+        n_boot=options.bootstrap,
         seed=options.seed,
     )
     result = {
@@ -176,20 +150,20 @@ def evaluate_predictions(
         "predictions": path.name,
         "n_images": int(preds.y.shape[0]),
         "n_patients": int(len(set(preds.patient_ids.tolist()))),
-        "options": options.__dict__,
+        "options": options.model_dump(mode="json"),
         "thresholds": thresholds,
         "metrics": metrics,
         "ci": ci,
         "calibration": calibration_report(preds.y, p, preds.targets),
         "subgroups": subgroup_auroc_of(
             preds,
-            n_boot=max(200, options.n_boot // 5),
+            n_boot=max(200, options.bootstrap // 5),
             seed=options.seed,
             age_edges=options.age_edges,
         ),
         "temperature": getattr(scaler, "temperature_", None),
     }
-    write_json(out_dir / "metrics.json", result)
+    write_json(SplitDir(out_dir).metrics, result)
     _tables(result, out_dir)
     if options.figures:
         _figures(preds, p, metrics, out_dir, model_name, training_csv)
@@ -211,7 +185,7 @@ def _tables(result: dict, out_dir: Path) -> None:
 
 
 def _figures(preds, p, metrics, out_dir: Path, name: str, training_csv: Path | None) -> None:
-    fig_dir = out_dir / "figures"
+    fig_dir = SplitDir(out_dir).figures
     probs = {name: p}
     plot_roc_curves(preds.y, probs, preds.targets, fig_dir)
     plot_pr_curves(preds.y, probs, preds.targets, fig_dir)
@@ -222,7 +196,7 @@ def _figures(preds, p, metrics, out_dir: Path, name: str, training_csv: Path | N
 
 
 def load_metrics(run_dir: str | Path, name: str, split: str = "test") -> dict:
-    path = Path(run_dir) / "reports" / name / split / "metrics.json"
+    path = RunDir(run_dir).evaluation(name, split).metrics
     if not path.is_file():
         raise EvaluationError(f"{path} not found; run `cxrlab evaluate {run_dir} --model {name}`")
     return read_json(path)

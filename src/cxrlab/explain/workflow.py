@@ -25,17 +25,20 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrlab.data.rundata import SPLITS, RunData, load_run_data
-from cxrlab.errors import DataError, EvaluationError, ModelError
+from cxrlab.config import ExplainConfig, with_overrides
+from cxrlab.data.rundata import RunData, load_run_data
+from cxrlab.errors import DataError, EvaluationError
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
 from cxrlab.explain.gradcam import gradcam
+from cxrlab.labels import IMAGE_INDEX
 from cxrlab.runinfo import write_atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -75,26 +78,23 @@ class _Jobs:
 def explain_model(
     run_dir: str | Path,
     name: str,
+    options: ExplainConfig | None = None,
     *,
-    split: str = "test",
     images: Sequence[str] | str | None = None,
-    per_group: int = 4,
-    batch_size: int = 16,
     progress: bool = True,
-    tolerance_px: float = loc.DEFAULT_TOLERANCE_PX,
-    cam_threshold: float = loc.DEFAULT_CAM_THRESHOLD,
+    **overrides: Any,
 ) -> dict:
     """Explain model `name` of RUN_DIR: the split's gallery, or the named `images`.
 
-    Returns a summary: mode, out_dir, the written files, per-pathology localization
-    (`localization.summarize`), the number of overlays and notes.
+    `options` (default `ExplainConfig()`) with `overrides` (its field names, e.g.
+    `per_group=2`) on top. Returns a summary: mode, out_dir, the written files,
+    per-pathology localization (`localization.summarize`), the number of overlays and notes.
     """
-    if per_group < 0 or batch_size < 1:
-        raise DataError(f"per_group={per_group} should be >= 0 and batch_size={batch_size} >= 1")
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    options = with_overrides(options or ExplainConfig(), overrides)
+    split, per_group, batch_size = options.split, options.per_group, options.batch_size
+    tolerance_px, cam_threshold = options.tolerance, options.cam_threshold
     wanted = _parse_ids(images)
-    ctx = _load_context(Path(run_dir), name, "images" if wanted else None)
+    ctx = _load_context(Path(run_dir), name, "images" if wanted else None, options.device)
     ctx.tolerance_px, ctx.cam_threshold = tolerance_px, cam_threshold
     if wanted:
         jobs = _requested_jobs(ctx, wanted)
@@ -140,66 +140,38 @@ def _parse_ids(images: Sequence[str] | str | None) -> list[str]:
 
 
 # ---- loading ----------------------------------------------------------------------------------
-def _load_context(run_dir: Path, name: str, subdir: str | None) -> _Context:
-    from cxrlab.models.checkpoint import load_model_from_checkpoint
+def _load_context(run_dir: Path, name: str, subdir: str | None, device: str) -> _Context:
+    from cxrlab.models.checkpoint import load_trained
 
     data = load_run_data(run_dir)
-    checkpoint = run_dir / "models" / name / "best.ckpt"
-    if not checkpoint.is_file():
-        found = sorted(p.parent.name for p in (run_dir / "models").glob("*/best.ckpt"))
-        raise ModelError(
-            f"no checkpoint {checkpoint}; train it first (`cxrlab train {run_dir}`); "
-            f"trained models in this run: {', '.join(found) or 'none'}"
-        )
-    model, info = load_model_from_checkpoint(checkpoint)
-    _check_checkpoint(info, data, checkpoint)
-    out_dir = run_dir / "reports" / name / "explain"
+    trained = load_trained(data, name, device)
+    out_dir = data.paths.explanation(name)
     ctx = _Context(
         run_dir,
         name,
-        model,
-        info,
+        trained.model,
+        trained.info,
         data,
         list(data.cache.ids),
         {},
         out_dir / subdir if subdir else out_dir,
     )
-    ctx.boxes = _read_boxes(run_dir, data.targets, ctx.notes)
+    ctx.boxes = _read_boxes(data.paths.boxes, data.targets, ctx.notes)
     return ctx
 
 
-def _check_checkpoint(info: dict, data: RunData, checkpoint: Path) -> None:
-    if list(info["targets"]) != list(data.targets):
-        raise DataError(
-            f"{checkpoint} predicts {info['targets']}, but the run's targets are {data.targets}"
-        )
-    if int(info["image_size"]) != data.image_size:
-        raise DataError(
-            f"{checkpoint} was trained on {info['image_size']} px images; the run's cache "
-            f"holds {data.image_size} px"
-        )
-    saved = info.get("split_hash")
-    if saved and data.split_hash and saved != data.split_hash:
-        raise DataError(
-            f"{checkpoint} was trained on split {saved[:12]}..., but {data.run_dir}/data holds "
-            f"split {data.split_hash[:12]}...; its test images may have been training images. "
-            "Retrain, or explain in the run directory it was trained in"
-        )
-
-
-def _read_boxes(run_dir: Path, targets: Sequence[str], notes: list[str]) -> dict:
-    path = run_dir / "data" / "boxes.csv"
+def _read_boxes(path: Path, targets: Sequence[str], notes: list[str]) -> dict:
     if not path.is_file():
         notes.append(f"{path} not found: nothing to score localization against")
         return {}
-    frame = pd.read_csv(path, dtype={"Image Index": str, "label": str})
-    missing = [c for c in ("Image Index", "label", *loc.BOX_COLUMNS) if c not in frame.columns]
+    frame = pd.read_csv(path, dtype={IMAGE_INDEX: str, "label": str})
+    missing = [c for c in (IMAGE_INDEX, "label", *loc.BOX_COLUMNS) if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}; it has {list(frame.columns)}")
     frame = frame[frame["label"].isin(set(targets))]
     return {
         (image, label): loc.boxes_in_pixels(part, 1)  # normalised; times S when used
-        for (image, label), part in frame.groupby(["Image Index", "label"], sort=False)
+        for (image, label), part in frame.groupby([IMAGE_INDEX, "label"], sort=False)
     }
 
 
@@ -211,7 +183,7 @@ def _requested_jobs(ctx: _Context, wanted: list[str]) -> _Jobs:
         example = ", ".join(ctx.ids[:3])
         raise DataError(
             f"image(s) {', '.join(map(repr, unknown))} not in the run's cohort "
-            f"({ctx.run_dir / 'data' / 'cohort.csv'}, {len(ctx.ids)} images, e.g. {example})"
+            f"({ctx.data.paths.cohort}, {len(ctx.ids)} images, e.g. {example})"
         )
     jobs = _Jobs()
     for row in (index[i] for i in wanted):
@@ -247,7 +219,7 @@ def _split_probabilities(ctx: _Context, split: str, rows, batch_size: int, progr
     from cxrlab.evaluate.metrics import read_predictions
     from cxrlab.models.inference import predict_images
 
-    path = ctx.run_dir / "reports" / ctx.name / split / "predictions.csv"
+    path = ctx.data.paths.evaluation(ctx.name, split).predictions
     if not path.is_file():
         ctx.notes.append(f"{path} not found: probabilities from a fresh forward pass")
         probs = predict_images(
@@ -266,7 +238,7 @@ def _split_probabilities(ctx: _Context, split: str, rows, batch_size: int, progr
     if len(position) != len(split_ids) or any(i not in position for i in split_ids):
         raise EvaluationError(
             f"{path} holds {len(pred.ids)} images that are not the {len(split_ids)} images of "
-            f"split {split!r} in {ctx.run_dir}/data/cohort.csv; re-run `cxrlab evaluate`"
+            f"split {split!r} in {ctx.data.paths.cohort}; re-run `cxrlab evaluate`"
         )
     return pred.p[[position[i] for i in split_ids]], str(path.relative_to(ctx.run_dir))
 
@@ -274,7 +246,7 @@ def _split_probabilities(ctx: _Context, split: str, rows, batch_size: int, progr
 def _thresholds(ctx: _Context) -> dict[str, float]:
     from cxrlab.evaluate.thresholds import FALLBACK, load_thresholds
 
-    path = ctx.run_dir / "models" / ctx.name / "thresholds.json"
+    path = ctx.data.paths.model(ctx.name).thresholds
     if not path.is_file():
         ctx.notes.append(f"{path} not found: every target is called positive at p >= {FALLBACK}")
         return dict.fromkeys(ctx.data.targets, FALLBACK)

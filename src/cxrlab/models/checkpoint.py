@@ -7,14 +7,20 @@ analysis, Grad-CAM and serving load models through here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cxrlab.config import ExperimentConfig, build
-from cxrlab.errors import ModelError
+from cxrlab.errors import DataError, ModelError
+from cxrlab.models.inference import resolve_device
+from cxrlab.rundir import ModelDir
+
+if TYPE_CHECKING:
+    from cxrlab.data.rundata import RunData
 
 
 def build_network(config: ExperimentConfig, num_classes: int, *, pretrained: bool) -> nn.Module:
@@ -66,14 +72,62 @@ def load_model_from_checkpoint(
     return model, {**info, "epoch": checkpoint.get("epoch"), "path": str(path)}
 
 
-def trained_model_dir(run_dir: str | Path, name: str) -> Path:
-    """RUN_DIR/models/<name>, checked to hold best.ckpt (the error lists what is there)."""
-    path = Path(run_dir) / "models" / name
-    if not (path / "best.ckpt").is_file():
-        models = Path(run_dir) / "models"
-        found = sorted(p.name for p in models.glob("*") if p.is_dir()) if models.is_dir() else []
-        raise ModelError(
-            f"no trained model {name!r} in {run_dir}/models (found: {', '.join(found) or 'none'});"
-            f" run `cxrlab train {run_dir} --model ...` first"
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained network ready for inference on a run's images (eval mode, on `device`)."""
+
+    name: str
+    model: nn.Module
+    info: dict[str, Any]  # the checkpoint's cxrlab block + epoch, path
+    folder: ModelDir
+    device: torch.device
+
+    @property
+    def mean(self) -> list[float]:
+        return list(self.info["mean"])
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.info["std"])
+
+
+def load_trained(run: RunData, name: str, device: str | torch.device = "cpu") -> TrainedModel:
+    """Model `name` of a prepared run, on `device` (auto|cpu|cuda|mps), checked against the
+    run's data (`check_compatible`). Every stage that runs a trained model loads it here."""
+    folder = run.paths.trained_model(name)
+    target = resolve_device(device)
+    model, info = load_model_from_checkpoint(folder.best_ckpt, map_location=target)
+    check_compatible(info, run, folder.best_ckpt)
+    return TrainedModel(name, model, info, folder, target)
+
+
+def check_compatible(info: dict[str, Any], run: RunData, checkpoint: str | Path) -> None:
+    """`DataError` unless the checkpoint can be run on the run's cache as it was trained:
+    same targets in the same order, same image size, same split, a normalisation per input
+    channel. The message names both values and the fix."""
+    where = f"{checkpoint} vs {run.paths.data}"
+    if list(info["targets"]) != list(run.targets):
+        raise DataError(
+            f"{where}: the model predicts {list(info['targets'])} but the run's targets are "
+            f"{list(run.targets)}; re-prepare with the model's targets or retrain"
         )
-    return path
+    if int(info["image_size"]) != run.image_size:
+        raise DataError(
+            f"{where}: the model was trained on {info['image_size']} px images but the run's "
+            f"cache holds {run.image_size} px; re-prepare with --image-size "
+            f"{info['image_size']} or retrain at {run.image_size} px"
+        )
+    saved = info.get("split_hash")
+    if saved and run.split_hash and saved != run.split_hash:
+        raise DataError(
+            f"{where}: the model was trained on split {saved[:12]}... but the run holds split "
+            f"{run.split_hash[:12]}...; its test images may have been training images. "
+            "Retrain, or use the run directory it was trained in"
+        )
+    for key in ("mean", "std"):
+        values = info.get(key)
+        if not values or len(values) != 1:
+            raise DataError(
+                f"{where}: the checkpoint's {key} is {values!r}; one value for the grey "
+                "channel is required (retrain with this cxrlab)"
+            )

@@ -24,11 +24,11 @@ from markupsafe import Markup
 
 from cxrlab.report import card, summary, views
 from cxrlab.report.collect import collect_run
+from cxrlab.rundir import RunDir
 from cxrlab.runinfo import write_atomic
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
 WIDE_PX = 1600  # figures at least this wide (multi-panel) span both columns of a grid
 SECTIONS = (
     ("summary", "Summary"),
@@ -65,7 +65,7 @@ def build_report(
 ) -> Path:
     """Write the HTML report of `run_dir` (default `RUN_DIR/report.html`) and return its path."""
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / REPORT_FILE
+    out = Path(out) if out is not None else RunDir(run_dir).report_html
     data = collect_run(run_dir, split)
     page = Page(run_dir, out.parent, embed_interactive)
     text = render(page.context(data))

@@ -10,6 +10,8 @@ from typing import Any
 
 import pandas as pd
 
+from cxrlab.rundir import RunDir
+
 SYNTHETIC_MARK = "SYNTHETIC"  # first word of the README.txt that `cxrlab synth` writes
 
 
@@ -56,12 +58,16 @@ def _yaml(mapping: Mapping | None) -> str | None:
     return yaml.safe_dump(dict(mapping), sort_keys=False)
 
 
+def _resamples(options: dict) -> int:
+    return options.get("bootstrap", options.get("n_boot", 1000))  # n_boot: before 0.2
+
+
 def commands(data: dict) -> list[str]:
     """The commands that remake this run's artifacts, from the options each stage saved."""
     run = shlex.quote(str(data["run_dir"]))
     out = []
     if data["provenance"]["study"]:
-        study = shlex.quote(str(data["run_dir"] / "study.yaml"))
+        study = shlex.quote(str(RunDir(data["run_dir"]).study_yaml))
         out += ["# the whole study (a re-run skips stages whose inputs are unchanged):",
                 f"cxrlab run {study} --out {run}", "# or stage by stage:"]  # fmt: skip
     prepare = (data.get("cohort") or {}).get("prepare")
@@ -85,14 +91,14 @@ def commands(data: dict) -> list[str]:
         ]
         out.append("cxrlab prepare " + " ".join(flags))
     for name in data.get("training") or {}:
-        config = shlex.quote(str(data["run_dir"] / "models" / name / "config.yaml"))
+        config = shlex.quote(str(RunDir(data["run_dir"]).model(name).config))
         out.append(f"cxrlab train {run} --config {config} --name {name}")
     for name, block in (data.get("metrics") or {}).items():
         o = block["result"].get("options") or {}
         extra = " --temperature" if o.get("temperature") else ""
         out.append(
             f"cxrlab evaluate {run} --model {name} --split {data['split']} --threshold "
-            f"{o.get('threshold', 'max_f1')} --bootstrap {o.get('n_boot', 1000)} "
+            f"{o.get('threshold', 'max_f1')} --bootstrap {_resamples(o)} "
             f"--seed {o.get('seed', 0)}{extra}"
         )
     comparison = (data.get("comparison") or {}).get("summary")

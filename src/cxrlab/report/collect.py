@@ -17,11 +17,12 @@ from typing import Any
 import pandas as pd
 
 from cxrlab.errors import DataError
+from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
+from cxrlab.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-COMPARE_DIR = "compare"  # reports/compare/<split>/ holds the cross-model comparison
 EVAL_FIGURES = ("roc", "pr", "confusion", "reliability")
 COMPARE_FIGURES = ("auroc_bars", "roc", "pr", "reliability")
 #: Analysis figures in reading order; any other PNG in the folder follows these.
@@ -100,11 +101,9 @@ def pngs(folder: Path, order: Iterable[str] = ()) -> dict[str, Path]:
 
 def model_names(run_dir: Path) -> list[str]:
     """Models with a folder under `models/` or an evaluation under `reports/`, sorted."""
-    names = {p.name for p in (run_dir / "models").glob("*") if p.is_dir()}
-    names |= {
-        p.name for p in (run_dir / "reports").glob("*") if p.is_dir() and p.name != COMPARE_DIR
-    }
-    return sorted(names)
+    paths = RunDir(run_dir)
+    names = {p.name for p in paths.models.glob("*") if p.is_dir()}
+    return sorted(names | set(paths.evaluated_models()))
 
 
 def collect_run(run_dir: str | Path, split: str = "test") -> dict:
@@ -133,23 +132,23 @@ def collect_run(run_dir: str | Path, split: str = "test") -> dict:
 def collect_cohort(run_dir: Path) -> dict | None:
     """split_summary.json (required), prepare.json, co-occurrence and metadata from cohort.csv,
     and radiologist box counts from boxes.csv."""
-    data_dir = run_dir / "data"
-    summary = read_mapping(data_dir / "split_summary.json")
+    paths = RunDir(run_dir)
+    summary = read_mapping(paths.split_summary)
     if summary is None:
         return None
     targets = list(summary.get("targets") or [])
-    cohort = read_csv(data_dir / "cohort.csv", dtype={"Image Index": str, "Patient ID": str})
-    boxes = read_csv(data_dir / "boxes.csv")
+    cohort = read_csv(paths.cohort, dtype={IMAGE_INDEX: str, PATIENT_ID: str})
+    boxes = read_csv(paths.boxes)
     out = {
         "summary": summary,
         "targets": targets,
-        "prepare": read_mapping(data_dir / "prepare.json"),
+        "prepare": read_mapping(paths.prepare_json),
         "cooccurrence": None,
         "demographics": None,
         "boxes": None if boxes is None else _box_counts(boxes),
     }
     if cohort is not None:
-        _check_columns(cohort, [*targets, "split"], data_dir / "cohort.csv")
+        _check_columns(cohort, [*targets, "split"], paths.cohort)
         y = cohort[targets].to_numpy(dtype="int64")  # (N, K) 0/1
         out["cooccurrence"] = pd.DataFrame(y.T @ y, index=targets, columns=targets)
         out["demographics"] = _demographics(cohort)
@@ -167,7 +166,7 @@ def _box_counts(boxes: pd.DataFrame) -> dict:
         return {"n": int(len(boxes)), "images": 0, "per_label": {}}
     return {
         "n": int(len(boxes)),
-        "images": int(boxes["Image Index"].nunique()),
+        "images": int(boxes[IMAGE_INDEX].nunique()),
         "per_label": {str(k): int(v) for k, v in boxes["label"].value_counts().items()},
     }
 
@@ -198,15 +197,15 @@ def collect_training(run_dir: Path, names: list[str], split: str) -> dict | None
     """Per model: metrics.csv, config.yaml, run.json, thresholds.json, training curve PNG."""
     models = {}
     for name in names:
-        mdir = run_dir / "models" / name
-        if not mdir.is_dir():
+        mdir = RunDir(run_dir).model(name)
+        if not mdir.path.is_dir():
             continue
-        curve = read_csv(mdir / "metrics.csv")
+        curve = read_csv(mdir.metrics_csv)
         models[name] = {
             "curve": curve,
-            "config": read_yaml(mdir / "config.yaml"),
-            "run": read_mapping(mdir / "run.json"),
-            "thresholds": read_mapping(mdir / "thresholds.json"),
+            "config": read_yaml(mdir.config),
+            "run": read_mapping(mdir.run_json),
+            "thresholds": read_mapping(mdir.thresholds),
             "figure": _training_figure(run_dir, name, split),
         }
     return models or None
@@ -214,8 +213,10 @@ def collect_training(run_dir: Path, names: list[str], split: str) -> dict | None
 
 def _training_figure(run_dir: Path, name: str, split: str) -> Path | None:
     """`evaluate` draws training.png beside each split's figures; prefer the report's split."""
-    reports = run_dir / "reports" / name
-    for path in [reports / split / "figures" / "training.png", *reports.glob("*/figures/*.png")]:
+    paths = RunDir(run_dir)
+    reports = paths.evaluation(name, split).path.parent
+    preferred = paths.evaluation(name, split).figures / "training.png"
+    for path in [preferred, *reports.glob("*/figures/*.png")]:
         if path.is_file() and path.stem == "training":
             return path
     return None
@@ -225,23 +226,24 @@ def collect_metrics(run_dir: Path, names: list[str], split: str) -> dict | None:
     """Per model: `reports/<name>/<split>/metrics.json` and its figures."""
     models = {}
     for name in names:
-        folder = run_dir / "reports" / name / split
-        metrics = read_mapping(folder / "metrics.json")
+        evaluation = RunDir(run_dir).evaluation(name, split)
+        folder = evaluation.path
+        metrics = read_mapping(evaluation.metrics)
         if metrics is None:
             continue
         for key in ("metrics", "ci"):
             if key not in metrics:
                 raise DataError(
-                    f"{folder / 'metrics.json'} lacks {key!r}; re-run `cxrlab evaluate`"
+                    f"{evaluation.metrics} lacks {key!r}; re-run `cxrlab evaluate`"
                 )
-        figures = pngs(folder / "figures", EVAL_FIGURES)
+        figures = pngs(evaluation.figures, EVAL_FIGURES)
         figures.pop("training", None)  # shown in the training section
         models[name] = {"result": metrics, "figures": figures, "dir": folder}
     return models or None
 
 
 def collect_comparison(run_dir: Path, split: str) -> dict | None:
-    folder = run_dir / "reports" / COMPARE_DIR / split
+    folder = RunDir(run_dir).comparison(split)
     summary = read_mapping(folder / "comparison.json")
     if summary is None:
         return None
@@ -253,7 +255,7 @@ def collect_comparison(run_dir: Path, split: str) -> dict | None:
 
 def collect_analysis(run_dir: Path) -> list[dict] | None:
     """Every `analysis.json` under `analysis/` (one per model, or per model and layer)."""
-    root = run_dir / "analysis"
+    root = RunDir(run_dir).analysis_root
     blocks = []
     for path in sorted(root.rglob("analysis.json")) if root.is_dir() else []:
         folder = path.parent
@@ -275,7 +277,7 @@ def collect_explain(run_dir: Path, names: list[str]) -> dict | None:
     """Per model: `reports/<name>/explain/` localization scores and gallery index."""
     models = {}
     for name in names:
-        folder = run_dir / "reports" / name / "explain"
+        folder = RunDir(run_dir).explanation(name)
         index = read_json(folder / "explain.json")
         localization = read_json(folder / "localization.json")
         if index is None and localization is None:
@@ -309,6 +311,6 @@ def gallery_entries(index: Any, run_dir: Path, folder: Path) -> list[dict]:
 def collect_provenance(run_dir: Path) -> dict:
     """study.yaml and stages.json of `cxrlab run` (None each when stages ran by hand)."""
     return {
-        "study": read_yaml(run_dir / "study.yaml"),
-        "stages": read_json(run_dir / "stages.json"),
+        "study": read_yaml(RunDir(run_dir).study_yaml),
+        "stages": read_json(RunDir(run_dir).stages),
     }

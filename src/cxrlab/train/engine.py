@@ -13,13 +13,17 @@ Lightning launches itself), checkpoints, early stopping and the progress bar.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
@@ -34,6 +38,7 @@ from cxrlab.config import (
 )
 from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.errors import ConfigError, DataError
+from cxrlab.rundir import ModelDir, RunDir, check_folder_name
 from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
 from cxrlab.train.callbacks import MetricsCSV
 from cxrlab.train.data import make_loader, pos_weight
@@ -41,6 +46,9 @@ from cxrlab.train.module import ChestXrayClassifier
 from cxrlab.train.trainer import make_trainer, trainer_settings
 
 log = logging.getLogger(__name__)
+
+#: What Lightning's seed_everything leaves in the environment (for DDP workers it launches).
+_SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 #: Settings of the machine, not of the experiment: they may change on `--resume`.
 RESUME_MAY_DIFFER = frozenset(
@@ -52,10 +60,6 @@ RESUME_MAY_DIFFER = frozenset(
         "train.precision",
     }
 )
-#: A folder holding any of these has trained; config.yaml/run.json alone do not count (they
-#: are written before fit, and DDP workers that Lightning launches re-run train_model).
-_TRAINED = ("best.ckpt", "last.ckpt", "metrics.csv")
-_ARTIFACTS = (*_TRAINED, "config.yaml", "run.json", "thresholds.json")  # thresholds: stale
 
 
 @dataclass(frozen=True)
@@ -94,30 +98,57 @@ def train_model(
     run_dir = Path(run_dir)
     config = config if isinstance(config, ExperimentConfig) else build(ExperimentConfig, config)
     name = name or config.model.name
-    model_dir = run_dir / "models" / _check_name(name)
     data = load_run_data(run_dir)
+    folder = data.paths.model(name)
     if resume:
-        _check_resumable(model_dir, config, data)
+        _check_resumable(folder, config, data)
     else:
-        _start_fresh(model_dir, overwrite)
-    L.seed_everything(config.train.seed, workers=True)  # model init; epochs re-seed themselves
+        _start_fresh(folder, overwrite)
+    with isolated_seed(config.train.seed):  # the caller's RNGs and environment come back
+        return _fit(folder, config, data, resume, callbacks, progress_bar)
+
+
+def _fit(folder: ModelDir, config, data: RunData, resume: bool, callbacks, progress_bar):
+    model_dir = folder.path
     settings = trainer_settings(config.train)
     started = _now()
     run_files = _RunFiles(
-        lambda: _write_run_files(model_dir, config, data, settings, {"started": started})
+        lambda: _write_run_files(folder, config, data, settings, {"started": started})
     )
-    metrics_cb = MetricsCSV(model_dir / "metrics.csv", data.targets)
+    metrics_cb = MetricsCSV(folder.metrics_csv, data.targets)
     trainer = make_trainer(
         config, model_dir, settings, metrics_cb, [run_files, *callbacks], progress_bar
     )
-    module = _make_module(config, data, name, pretrained=not resume)
+    module = _make_module(config, data, folder.name, pretrained=not resume)
     loaders = [_loader(data, split, config.train, settings) for split in ("train", "val")]
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        trainer.fit(module, *loaders, ckpt_path=model_dir / "last.ckpt" if resume else None)
+        trainer.fit(module, *loaders, ckpt_path=folder.last_ckpt if resume else None)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-    return _finish(trainer, metrics_cb, model_dir, config, data, settings, started)
+    return _finish(trainer, metrics_cb, folder, config, data, settings, started)
+
+
+@contextmanager
+def isolated_seed(seed: int) -> Iterator[None]:
+    """Seed Python, NumPy and torch (CPU and CUDA) as Lightning's `seed_everything` does for
+    the model's init, then put back the caller's RNG states and `PL_GLOBAL_SEED` /
+    `PL_SEED_WORKERS`. Epochs re-seed themselves from the config (module.py)."""
+    saved_env = {key: os.environ.get(key) for key in _SEED_ENV}
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        L.seed_everything(seed, workers=True, verbose=False)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 class _RunFiles(Callback):
@@ -149,18 +180,12 @@ def resolve_config(
     base = load_yaml(config_file) if config_file else {}
     source = str(config_file) if config_file else "command-line options"
     config = build(ExperimentConfig, merge_overrides(base, overrides), source=source)
-    name = _check_name(name or config.model.name)
-    saved = Path(run_dir) / "models" / name / "config.yaml"
+    name = check_folder_name(name or config.model.name)
+    saved = RunDir(run_dir).model(name).config
     if resume and not config_file and saved.is_file():
         base = load_yaml(saved)
         config = build(ExperimentConfig, merge_overrides(base, overrides), source=str(saved))
     return config, name
-
-
-def _check_name(name: str) -> str:
-    if not name or name in (".", "..") or any(c in name for c in "/\\"):
-        raise ConfigError(f"model name {name!r} must be a plain folder name (no '/', not '.')")
-    return name
 
 
 def _now() -> str:
@@ -200,22 +225,26 @@ def _make_module(config: ExperimentConfig, data: RunData, name: str, *, pretrain
 
 
 # ---- model folder: fresh, resume, finish ------------------------------------------------------
-def _start_fresh(model_dir: Path, overwrite: bool) -> None:
-    if any((model_dir / f).exists() for f in _TRAINED) and not overwrite:
-        existing = [f for f in _ARTIFACTS if (model_dir / f).exists()]
+def _start_fresh(folder: ModelDir, overwrite: bool) -> None:
+    model_dir = folder.path
+    # config.yaml/run.json alone do not count: they are written at fit start, and DDP
+    # workers that Lightning launches re-run train_model.
+    if any((model_dir / f).exists() for f in ModelDir.TRAINED) and not overwrite:
+        existing = [f for f in ModelDir.ARTIFACTS if (model_dir / f).exists()]
         raise ConfigError(
             f"{model_dir} already holds {', '.join(existing)}; pass --resume to continue that"
             " run, --name to train under another name, or --overwrite to replace it"
         )
-    existing = [f for f in _ARTIFACTS if (model_dir / f).exists()]
+    existing = [f for f in ModelDir.ARTIFACTS if (model_dir / f).exists()]
     if existing and rank_zero_only.rank == 0:
         for f in existing:
             (model_dir / f).unlink()
         log.info("removed the previous run's %s from %s", ", ".join(existing), model_dir)
 
 
-def _check_resumable(model_dir: Path, config: ExperimentConfig, data: RunData) -> None:
-    last, saved_path = model_dir / "last.ckpt", model_dir / "config.yaml"
+def _check_resumable(folder: ModelDir, config: ExperimentConfig, data: RunData) -> None:
+    model_dir = folder.path
+    last, saved_path = folder.last_ckpt, folder.config
     if not last.is_file():
         raise ConfigError(f"cannot resume: {last} not found; train without --resume first")
     if saved_path.is_file():
@@ -227,7 +256,7 @@ def _check_resumable(model_dir: Path, config: ExperimentConfig, data: RunData) -
                 + "; ".join(f"{k} (saved {a!r}, now {b!r})" for k, a, b in diffs)
                 + ". Resume with the saved settings, or train under another --name"
             )
-    run_json = model_dir / "run.json"
+    run_json = folder.run_json
     saved_hash = read_json(run_json).get("split_hash") if run_json.is_file() else None
     if saved_hash and data.split_hash and saved_hash != data.split_hash:
         raise DataError(
@@ -256,7 +285,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _write_run_files(
-    model_dir: Path,
+    folder: ModelDir,
     config: ExperimentConfig,
     data: RunData,
     settings: dict[str, Any],
@@ -264,9 +293,9 @@ def _write_run_files(
 ) -> None:
     if rank_zero_only.rank != 0:
         return
-    model_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(model_dir / "config.yaml", to_yaml(config))
-    run_json = model_dir / "run.json"
+    folder.path.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder.config, to_yaml(config))
+    run_json = folder.run_json
     previous = read_json(run_json) if run_json.is_file() else {}
     info = {
         **previous,
@@ -288,7 +317,7 @@ def _write_run_files(
 def _finish(
     trainer: L.Trainer,
     metrics_cb: MetricsCSV,
-    model_dir: Path,
+    folder: ModelDir,
     config: ExperimentConfig,
     data: RunData,
     settings: dict[str, Any],
@@ -297,9 +326,9 @@ def _finish(
     best = metrics_cb.best()
     stopper = next(cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping))
     result = TrainResult(
-        model_dir=model_dir,
-        best_checkpoint=model_dir / "best.ckpt",
-        last_checkpoint=model_dir / "last.ckpt",
+        model_dir=folder.path,
+        best_checkpoint=folder.best_ckpt,
+        last_checkpoint=folder.last_ckpt,
         best_epoch=best[0] if best else None,
         best_val_auroc=best[1] if best else None,
         epochs_run=len(metrics_cb.rows),
@@ -312,6 +341,6 @@ def _finish(
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
     }
-    _write_run_files(model_dir, config, data, settings, summary)
-    log.info("trained %s: best epoch %s, val macro AUROC %s", model_dir, *summary.values())
+    _write_run_files(folder, config, data, settings, summary)
+    log.info("trained %s: best epoch %s, val macro AUROC %s", folder.path, *summary.values())
     return result

@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import (
 
 from cxrlab.config import ExperimentConfig, TrainConfig
 from cxrlab.errors import ConfigError
+from cxrlab.rundir import BEST_CKPT, LAST_CKPT
 from cxrlab.train.callbacks import MetricsCSV
 
 #: The metric that picks best.ckpt and drives early stopping.
@@ -92,8 +93,8 @@ def checkpoints(model_dir: Path) -> list[ModelCheckpoint]:
     and metrics.csv row.
     """
     common = {"dirpath": model_dir, "save_top_k": 1, "enable_version_counter": False}
-    best = ModelCheckpoint(filename="best", monitor=MONITOR, mode="max", **common)
-    last = ModelCheckpoint(filename="last", monitor=None, **common)
+    best = ModelCheckpoint(filename=Path(BEST_CKPT).stem, monitor=MONITOR, mode="max", **common)
+    last = ModelCheckpoint(filename=Path(LAST_CKPT).stem, monitor=None, **common)
     return [best, last]
 
 
