@@ -20,8 +20,8 @@ from cxrlab.data.imaging import read_square_u8
 from cxrlab.data.metadata import read_data_entry, read_split_lists
 from cxrlab.data.prepare import PrepareResult, prepare
 from cxrlab.data.rundata import load_run_data
-from cxrlab.data.synth import write_synthetic_dataset
 from cxrlab.errors import ConfigError, DataError
+from cxrlab.synth import write_synthetic_dataset
 
 TARGETS = ["Atelectasis", "Effusion", "Pneumothorax"]
 META = ["Finding Labels", "age", "sex", "view", "follow_up"]

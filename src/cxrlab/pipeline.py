@@ -175,7 +175,7 @@ class Study:
         return read_json(self.paths.split_summary)["split_hash"]
 
     def _synth(self, out: Path) -> None:
-        from cxrlab.data.synth import write_synthetic_dataset
+        from cxrlab.synth import write_synthetic_dataset
 
         s = self.config.synthetic
         write_synthetic_dataset(

@@ -1,6 +1,9 @@
 """Unsupervised analysis of learned features: do they group X-rays by pathology?
 
-Stages, one module each (imported on use, so ``import cxrlab.analysis`` stays light):
+Stages, one module each. The package exports the analysis of a feature matrix, which needs
+no torch (it runs on any (N, D) array, pixels included); feature extraction from a model is
+imported from `cxrlab.analysis.features`, and the stage from `cxrlab.analysis.workflow`
+(`analyze_model`, `cxrlab analyze`), both of which load torch.
 
 - `features`: pooled activations of named layers (`list_layers`, `extract_features`,
   `save_features`, `load_features`).
@@ -12,24 +15,8 @@ Stages, one module each (imported on use, so ``import cxrlab.analysis`` stays li
 - `summary`: `run_analysis` end to end, ``analysis.json`` and ``summary.md``.
 """
 
-from __future__ import annotations
+from cxrlab.analysis.embedding import ClusterAnalysis
+from cxrlab.analysis.probe import probe_layers
+from cxrlab.analysis.summary import run_analysis
 
-import importlib
-
-_LAZY = {
-    "ClusterAnalysis": "cxrlab.analysis.embedding",
-    "extract_features": "cxrlab.analysis.features",
-    "list_layers": "cxrlab.analysis.features",
-    "load_features": "cxrlab.analysis.features",
-    "save_features": "cxrlab.analysis.features",
-    "probe_layers": "cxrlab.analysis.probe",
-    "run_analysis": "cxrlab.analysis.summary",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cxrlab.analysis' has no attribute {name!r}")
+__all__ = ["ClusterAnalysis", "probe_layers", "run_analysis"]

@@ -24,7 +24,7 @@ def synth_command(
     overwrite: bool = typer.Option(False, help="Replace the contents of a non-empty OUT."),
 ) -> None:
     """Write a synthetic data set in the exact NIH layout (no download needed)."""
-    from cxrlab.data.synth import write_synthetic_dataset
+    from cxrlab.synth import write_synthetic_dataset
 
     info = write_synthetic_dataset(
         out,

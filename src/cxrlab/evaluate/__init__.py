@@ -1,6 +1,9 @@
 """Evaluate stage: honest multi-label metrics from predictions files.
 
-Modules (imported on first use, so `import cxrlab.evaluate` stays light):
+The package exports the statistics, which need numpy and pandas only: `report` imports
+`evaluate.tables`, and so this package, and must not load torch. The stage itself
+(`workflow.evaluate_model`, with `predict`, `compare`, `external`) is imported from its
+modules. Modules:
 - `metrics`: `read_predictions`, `check_same_run`, `compute_metrics` (per class, macro,
   micro, Hamming/exact match beside the all-negative predictor, undefined = None + reason)
 - `thresholds`: per-class thresholds chosen on validation (`max_f1`, `youden`,
@@ -13,36 +16,44 @@ Modules (imported on first use, so `import cxrlab.evaluate` stays light):
 - `tables`: display tables as DataFrames, CSV and Markdown
 """
 
-from __future__ import annotations
+from cxrlab.evaluate.bootstrap import (
+    PatientResampler,
+    bootstrap_auroc,
+    bootstrap_ci,
+    paired_bootstrap,
+)
+from cxrlab.evaluate.calibration import (
+    TemperatureScaler,
+    calibration_report,
+    expected_calibration_error,
+)
+from cxrlab.evaluate.delong import compare_delong, delong_ci, delong_test
+from cxrlab.evaluate.metrics import (
+    Predictions,
+    check_same_run,
+    compute_metrics,
+    read_predictions,
+)
+from cxrlab.evaluate.subgroups import subgroup_auroc
+from cxrlab.evaluate.thresholds import choose_thresholds, load_thresholds, save_thresholds
 
-import importlib
-
-_EXPORTS = {
-    "Predictions": "metrics",
-    "read_predictions": "metrics",
-    "check_same_run": "metrics",
-    "compute_metrics": "metrics",
-    "choose_thresholds": "thresholds",
-    "save_thresholds": "thresholds",
-    "load_thresholds": "thresholds",
-    "bootstrap_ci": "bootstrap",
-    "bootstrap_auroc": "bootstrap",
-    "paired_bootstrap": "bootstrap",
-    "PatientResampler": "bootstrap",
-    "delong_test": "delong",
-    "delong_ci": "delong",
-    "compare_delong": "delong",
-    "calibration_report": "calibration",
-    "expected_calibration_error": "calibration",
-    "TemperatureScaler": "calibration",
-    "subgroup_auroc": "subgroups",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'cxrlab.evaluate' has no attribute {name!r}")
-    module = importlib.import_module(f"cxrlab.evaluate.{_EXPORTS[name]}")
-    return getattr(module, name)
+__all__ = [
+    "PatientResampler",
+    "Predictions",
+    "TemperatureScaler",
+    "bootstrap_auroc",
+    "bootstrap_ci",
+    "calibration_report",
+    "check_same_run",
+    "choose_thresholds",
+    "compare_delong",
+    "compute_metrics",
+    "delong_ci",
+    "delong_test",
+    "expected_calibration_error",
+    "load_thresholds",
+    "paired_bootstrap",
+    "read_predictions",
+    "save_thresholds",
+    "subgroup_auroc",
+]

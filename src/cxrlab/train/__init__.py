@@ -1,28 +1,12 @@
 """Training stage: `train_model(run_dir, config)` on PyTorch Lightning (`cxrlab train`).
 
-Import-light: torch and Lightning load on first use of a name below, so `cxrlab --help`
-and modules that only need e.g. `TrainResult`'s type stay fast.
+Importing this package loads torch and Lightning; the CLI imports it inside its commands,
+so `cxrlab --help` stays fast. A run's data is `cxrlab.data.rundata.load_run_data` and a
+trained model comes back with `cxrlab.models.checkpoint.load_model_from_checkpoint`.
 """
 
-from __future__ import annotations
+from cxrlab.train.augment import BatchAugment
+from cxrlab.train.engine import TrainResult, train_model
+from cxrlab.train.module import ChestXrayClassifier
 
-from importlib import import_module
-from typing import Any
-
-_EXPORTS = {
-    "train_model": "cxrlab.train.engine",
-    "TrainResult": "cxrlab.train.engine",
-    "load_model_from_checkpoint": "cxrlab.models.checkpoint",
-    "ChestXrayClassifier": "cxrlab.train.module",
-    "BatchAugment": "cxrlab.train.augment",
-    "load_run_data": "cxrlab.train.data",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cxrlab.train' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__all__ = ["BatchAugment", "ChestXrayClassifier", "TrainResult", "train_model"]

@@ -23,8 +23,6 @@ metadata chunks.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -33,19 +31,24 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
-from PIL import Image
 
-from cxrlab.data.synth_draw import (
-    Box,
-    Sign,
-    render_chest,
-    sample_anatomy,
-    sample_shot,
-    sample_sign,
-    sign_names,
-)
 from cxrlab.errors import ConfigError, DataError
-from cxrlab.labels import BBOX_ALIASES, NO_FINDING
+from cxrlab.labels import NO_FINDING
+from cxrlab.synth.nih_files import (
+    BBOX_FILE,
+    DATA_ENTRY_FILE,
+    README_FILE,
+    SYNTH_FILES,
+    Row,
+    write_bbox_list,
+    write_data_entry,
+    write_png,
+    write_split_lists,
+    write_text,
+)
+from cxrlab.synth.parameters import Sign, sample_anatomy, sample_shot
+from cxrlab.synth.render import render_chest
+from cxrlab.synth.signs import sample_sign, sign_names
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +79,6 @@ _ORIGINAL_FORMATS = (
     (2021, 2021, 0.194),
 )
 
-_DATA_ENTRY_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
-    "Patient Gender,View Position,OriginalImage[Width,Height],"
-    "OriginalImagePixelSpacing[x,y]"
-)
-_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
-_BBOX_SPELLING = {real: alias for alias, real in BBOX_ALIASES.items()}  # Infiltration->Infiltrate
-
 
 @dataclass(frozen=True)
 class SynthInfo:
@@ -110,21 +105,6 @@ class _Options:
     thresholds: tuple[float, ...]  # per SIGN_MODEL finding: liability cut (inf = never)
     bbox_fraction: float
     max_images: int
-
-
-@dataclass(frozen=True)
-class _Row:
-    """One image's Data_Entry fields and boxes."""
-
-    index: str
-    labels: tuple[str, ...]
-    follow_up: int
-    patient: int
-    age: int
-    sex: str
-    view: str
-    original: tuple[int, int, float]
-    boxes: tuple[Box, ...]
 
 
 def _findings(rng: np.random.Generator, patient_factors: np.ndarray, thresholds) -> list[str]:
@@ -156,7 +136,7 @@ def _signs(rng: np.random.Generator, findings: list[str]) -> list[Sign]:
     return signs
 
 
-def _make_image(rng, anatomy, factors, pid: int, k: int, age: int, opts: _Options) -> _Row:
+def _make_image(rng, anatomy, factors, pid: int, k: int, age: int, opts: _Options) -> Row:
     """Draw, render and write image `k` of patient `pid`; return its Data_Entry row."""
     ap_rate = np.clip(0.35 + 0.12 * factors[0], 0.1, 0.8)  # sicker patients: bedside AP films
     view = "AP" if rng.random() < ap_rate else "PA"
@@ -166,8 +146,8 @@ def _make_image(rng, anatomy, factors, pid: int, k: int, age: int, opts: _Option
     keep_boxes = rng.random() < opts.bbox_fraction
     image, boxes = render_chest(anatomy, shot, signs, opts.size)
     index = f"{pid:08d}_{k:03d}.png"
-    _write_png(opts.images_dir / index, image)
-    return _Row(
+    write_png(opts.images_dir / index, image)
+    return Row(
         index=index,
         labels=tuple(sorted({b.finding for b in boxes})),  # labels = what was visibly drawn
         follow_up=k,
@@ -180,7 +160,7 @@ def _make_image(rng, anatomy, factors, pid: int, k: int, age: int, opts: _Option
     )
 
 
-def _make_patient(pid: int, seq: np.random.SeedSequence, opts: _Options) -> list[_Row]:
+def _make_patient(pid: int, seq: np.random.SeedSequence, opts: _Options) -> list[Row]:
     """All images of one patient, from the patient's own seed (so workers cannot matter)."""
     rng = np.random.default_rng(seq)
     female = bool(rng.random() < 0.44)
@@ -192,11 +172,6 @@ def _make_patient(pid: int, seq: np.random.SeedSequence, opts: _Options) -> list
         _make_image(rng, anatomy, factors, pid, k, min(95, age0 + int(k * years_per_visit)), opts)
         for k in range(n_images)
     ]
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    # No metadata chunks and fixed zlib settings: same pixels -> same bytes.
-    Image.fromarray(image).save(path, format="PNG", optimize=False, compress_level=6)
 
 
 def write_synthetic_dataset(
@@ -234,27 +209,12 @@ def write_synthetic_dataset(
     split_seq, *patient_seqs = np.random.SeedSequence(seed).spawn(patients + 1)
     ids = list(range(1, patients + 1))
     logger.info("drawing %d synthetic patients at %d px into %s", patients, image_size, root)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            chunks = pool.map(
-                _make_patient,
-                ids,
-                patient_seqs,
-                [opts] * patients,
-                chunksize=max(1, patients // (4 * workers)),
-            )
-            rows = [row for chunk in chunks for row in chunk]
-    else:
-        rows = [
-            row
-            for pid, seq in zip(ids, patient_seqs, strict=True)
-            for row in _make_patient(pid, seq, opts)
-        ]
+    rows = _draw_rows(ids, patient_seqs, opts, workers)
     order = np.random.default_rng(split_seq).permutation(ids)
     test_patients = set(order[: int(round(test_fraction * patients))].tolist())
-    _write_data_entry(root / "Data_Entry_2017.csv", rows)
-    _write_bbox_list(root / "BBox_List_2017.csv", rows)
-    n_test = _write_split_lists(root, rows, test_patients)
+    write_data_entry(root / DATA_ENTRY_FILE, rows)
+    write_bbox_list(root / BBOX_FILE, rows)
+    n_test = write_split_lists(root, rows, test_patients)
     info = SynthInfo(
         root,
         seed,
@@ -266,9 +226,28 @@ def write_synthetic_dataset(
         len(rows) - n_test,
         n_test,
     )
-    _write_readme(root / "README.txt", info, opts, test_fraction, max_images_per_patient)
+    _write_readme(root / README_FILE, info, opts, test_fraction, max_images_per_patient)
     logger.info("wrote %d images, %d boxes", info.images, info.boxes)
     return info
+
+
+def _draw_rows(
+    ids: list[int], seqs: list[np.random.SeedSequence], opts: _Options, workers: int
+) -> list[Row]:
+    """Every patient's images in patient order, drawn in `workers` processes (same result)."""
+    if workers == 1:
+        return [
+            row for pid, seq in zip(ids, seqs, strict=True) for row in _make_patient(pid, seq, opts)
+        ]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        chunks = pool.map(
+            _make_patient,
+            ids,
+            seqs,
+            [opts] * len(ids),
+            chunksize=max(1, len(ids) // (4 * workers)),
+        )
+        return [row for chunk in chunks for row in chunk]
 
 
 def _resolve(
@@ -307,13 +286,6 @@ def _resolve(
 
 def _prepare_out_dir(root: Path, overwrite: bool) -> None:
     """Create `root/images`; refuse a non-empty `root` unless `overwrite` (then clear our files)."""
-    ours = (
-        "Data_Entry_2017.csv",
-        "BBox_List_2017.csv",
-        "train_val_list.txt",
-        "test_list.txt",
-        "README.txt",
-    )
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output {root} exists and is not a directory")
     if root.is_dir() and any(root.iterdir()):
@@ -322,7 +294,7 @@ def _prepare_out_dir(root: Path, overwrite: bool) -> None:
                 f"output directory {root} is not empty; choose an empty or new "
                 "directory, or pass overwrite=True (--overwrite)"
             )
-        for name in ours:
+        for name in SYNTH_FILES:
             (root / name).unlink(missing_ok=True)
         for png in (root / "images").glob("[0-9]*_[0-9]*.png"):
             png.unlink()
@@ -332,63 +304,7 @@ def _prepare_out_dir(root: Path, overwrite: bool) -> None:
         raise DataError(f"cannot create {root / 'images'}: {exc}") from exc
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_bytes(text.encode("utf-8"))  # bytes: no platform newline translation
-
-
-def _csv_text(rows) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
-def _write_data_entry(path: Path, rows: Sequence[_Row]) -> None:
-    """The 2020 revision's format: 11 fields a row, the last two header cells unquoted."""
-    body = _csv_text(
-        (
-            r.index,
-            "|".join(r.labels) or NO_FINDING,
-            r.follow_up,
-            r.patient,
-            r.age,
-            r.sex,
-            r.view,
-            r.original[0],
-            r.original[1],
-            r.original[2],
-            r.original[2],
-        )
-        for r in rows
-    )
-    _write_text(path, _DATA_ENTRY_HEADER + "\n" + body)
-
-
-def _write_bbox_list(path: Path, rows: Sequence[_Row]) -> None:
-    """Official header and spelling; x, y, w, h in the 1024x1024 NIH frame; 9 fields a row."""
-    body = _csv_text(
-        (
-            r.index,
-            _BBOX_SPELLING.get(b.finding, b.finding),
-            *(f"{v:.3f}" for v in b.nih()),
-            "",
-            "",
-            "",
-        )
-        for r in rows
-        for b in r.boxes
-    )
-    _write_text(path, _BBOX_HEADER + "\n" + body)
-
-
-def _write_split_lists(root: Path, rows: Sequence[_Row], test_patients: set[int]) -> int:
-    test = [r.index for r in rows if r.patient in test_patients]
-    train = [r.index for r in rows if r.patient not in test_patients]
-    _write_text(root / "train_val_list.txt", "".join(f"{name}\n" for name in train))
-    _write_text(root / "test_list.txt", "".join(f"{name}\n" for name in test))
-    return len(test)
-
-
-def _label_counts(rows: Sequence[_Row]) -> dict[str, int]:
+def _label_counts(rows: Sequence[Row]) -> dict[str, int]:
     counts = {name: sum(name in r.labels for r in rows) for name in sign_names()}
     counts[NO_FINDING] = sum(not r.labels for r in rows)
     return counts
@@ -399,11 +315,11 @@ def _write_readme(path: Path, info: SynthInfo, opts: _Options, test_fraction, ma
 
     counts = ", ".join(f"{name} {n}" for name, n in info.label_counts.items())
     rates = ", ".join(f"{name} {r:g}" for name, r in zip(SIGN_MODEL, opts.rates, strict=True))
-    _write_text(
+    write_text(
         path,
         f"""\
 SYNTHETIC chest X-rays in the NIH ChestX-ray14 layout. No patient data: every image was drawn
-by cxrlab.data.synth (cxrlab synth); the labels are exactly the signs drawn.
+by cxrlab.synth (cxrlab synth); the labels are exactly the signs drawn.
 
 seed={info.seed} patients={info.patients} image_size={info.image_size}
 test_fraction={test_fraction} bbox_fraction={opts.bbox_fraction} max_images_per_patient={max_images}
