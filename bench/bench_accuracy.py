@@ -41,11 +41,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrlab.config import DataConfig, ExperimentConfig, build, deep_merge
+from cxrlab.config import DataConfig, EvaluateConfig, ExperimentConfig, build, deep_merge
 from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.evaluate.bootstrap import paired_bootstrap
 from cxrlab.evaluate.metrics import read_predictions
-from cxrlab.config import EvaluateConfig
 from cxrlab.evaluate.workflow import evaluate_model
 from cxrlab.runinfo import read_json, write_json
 from cxrlab.train.augment import normalize

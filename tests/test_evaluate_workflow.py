@@ -16,14 +16,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrlab.analysis.workflow import analysis_dir, analyze_model
-from cxrlab.config import DataConfig
+from cxrlab.config import DataConfig, EvaluateConfig
 from cxrlab.data.prepare import prepare
 from cxrlab.data.rundata import load_run_data
-from cxrlab.errors import DataError, CxrError, EvaluationError
+from cxrlab.errors import CxrError, DataError, EvaluationError
 from cxrlab.evaluate.compare import compare_models
 from cxrlab.evaluate.metrics import read_predictions
 from cxrlab.evaluate.thresholds import choose_thresholds, load_thresholds
-from cxrlab.config import EvaluateConfig
 from cxrlab.evaluate.workflow import evaluate_model
 from cxrlab.models.checkpoint import load_model_from_checkpoint
 from cxrlab.models.inference import predict_images
