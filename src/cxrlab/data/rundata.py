@@ -13,7 +13,7 @@ import pandas as pd
 from cxrlab.data.cache import CachedImages, open_cache
 from cxrlab.errors import DataError
 from cxrlab.labels import FINDINGS, IMAGE_INDEX, PATIENT_ID
-from cxrlab.rundir import RunDir, as_run_dir
+from cxrlab.rundir import COHORT_FILE, RunDir, as_run_dir
 from cxrlab.runinfo import read_json
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _label_matrix(cohort: pd.DataFrame, targets: list[str], where: Path) -> np.n
     return values.to_numpy(dtype=np.float32)
 
 
-def targets_from_columns(cohort: pd.DataFrame, where: Path | str = "cohort.csv") -> list[str]:
+def targets_from_columns(cohort: pd.DataFrame, where: Path | str = COHORT_FILE) -> list[str]:
     """The target columns: those named like a finding between `split` and `Finding Labels`."""
     cols = list(cohort.columns)
     if "split" not in cols or "Finding Labels" not in cols:

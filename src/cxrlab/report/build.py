@@ -88,7 +88,7 @@ def render(context: dict) -> str:
     env.filters["p"] = summary.fmt_p
     env.filters["num"] = _num
     env.filters["pct"] = views.pct
-    return env.get_template("report.html").render(**context)
+    return env.get_template("page.html").render(**context)
 
 
 def _num(value, digits: int = 3) -> str:
