@@ -148,6 +148,19 @@ def test_create_model_passes_simple_cnn_options_and_rejects_unknown_ones():
         create_model("simple_cnn", K, widht=4)
 
 
+def test_simple_cnn_is_a_registered_timm_model_with_its_data_config():
+    assert timm.is_model("simple_cnn") and "simple_cnn" in timm.list_models("simple*")
+    assert "simple_cnn" not in timm.list_models(pretrained=True)  # its cfg names no weights
+    seeded = _seeded(5, lambda: timm.create_model("simple_cnn", num_classes=K, base_width=4))
+    direct = _seeded(5, lambda: SimpleCNN(K, base_width=4))
+    for key, value in direct.state_dict().items():  # the same network, the same init
+        torch.testing.assert_close(seeded.state_dict()[key], value, msg=key)
+    data = timm.data.resolve_data_config(model=seeded)
+    assert data["mean"] == (0.5,) and data["std"] == (0.5,) and data["input_size"][0] == 1
+    features = timm.create_model("simple_cnn", features_only=True, out_indices=(1, 3), base_width=4)
+    assert [f.shape[1] for f in features(torch.zeros(1, 1, 32, 32))] == [8, 32]
+
+
 # --- names and arguments ---------------------------------------------------------------------
 
 
@@ -241,6 +254,7 @@ def test_weights_file_fills_backbone_sums_rgb_and_keeps_head(tmp_path, filename)
             torch.testing.assert_close(state[key], value, msg=key)
     torch.testing.assert_close(state["fc.weight"], fresh.state_dict()["fc.weight"])
     torch.testing.assert_close(state["fc.bias"], fresh.state_dict()["fc.bias"])
+    assert float(state["fc.bias"].abs().max()) == 0.0  # init_head: the fresh head starts at 0
     assert loaded.pretrained_cfg["weights_source"] == f"file:{path}"
 
 
@@ -265,6 +279,17 @@ def test_own_checkpoint_round_trip_keeps_a_fitting_head(tmp_path):
         torch.testing.assert_close(again.state_dict()[key], value, msg=key)
 
 
+def test_grey_checkpoint_into_a_three_channel_model_spreads_the_first_conv(tmp_path):
+    grey = create_model("simple_cnn", K, base_width=4, depth=2)
+    path = _save(grey.state_dict(), tmp_path / "grey.pt")
+    rgb = create_model("simple_cnn", K, base_width=4, depth=2, in_chans=3)
+    report = load_weights(rgb, path)
+    assert report.adapted_first_conv == "1->3 channels" and report.dropped_head == []
+    w = grey.stages[0].conv1.weight  # (4, 1, 3, 3): repeated over RGB, scaled by 1/3
+    torch.testing.assert_close(rgb.stages[0].conv1.weight, w.repeat(1, 3, 1, 1) / 3)
+    torch.testing.assert_close(rgb.fc.weight, grey.fc.weight)  # a fitting head is kept
+
+
 def test_weights_file_errors(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         create_model("resnet18", K, weights=tmp_path / "nope.pth")
@@ -283,9 +308,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     bad = _imagenet_resnet18()
     bad["layer1.0.conv1.weight"] = torch.zeros(32, 64, 3, 3)
     path = _save(bad, tmp_path / "bad.pth")
-    with pytest.raises(
-        ModelError, match=r"layer1\.0\.conv1\.weight: file \(32, 64, 3, 3\) vs model"
-    ):
+    # torch's message, via timm's loader: the tensor, the file's shape, then the model's
+    fragment = r"resnet18: .*layer1\.0\.conv1\.weight.*\[32, 64, 3, 3\].*\[64, 64, 3, 3\]"
+    with pytest.raises(ModelError, match=fragment):
         create_model("resnet18", K, weights=path)
 
 

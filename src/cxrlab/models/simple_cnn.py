@@ -1,9 +1,12 @@
-"""SimpleCNN: a small from-scratch baseline with timm's feature/head API.
+"""SimpleCNN: a small from-scratch baseline, registered with timm as "simple_cnn".
 
 Written by hand because it is this project's own baseline (no library ships it). It mirrors
 timm's interface (`forward_features`, `forward_head(x, pre_logits=...)`, `feature_info`,
 `get_classifier`, `reset_classifier`, `pretrained_cfg`) so feature extraction and Grad-CAM
-treat it exactly like a timm backbone.
+treat it exactly like a timm backbone. Importing this module registers the `simple_cnn`
+entrypoint in timm's model registry (the one import side effect, as timm's own model
+modules have), so `timm.create_model("simple_cnn", num_classes=K, base_width=16)` builds it
+with timm's pretrained_cfg handling, and weight files load through timm's `load_pretrained`.
 
 Layout (defaults: base_width=32, depth=4, convs_per_block=2, one input channel)::
 
@@ -14,17 +17,37 @@ Layout (defaults: base_width=32, depth=4, convs_per_block=2, one input channel):
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
+from typing import Any
 
 import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 from cxrlab.errors import ModelError
+
+SIMPLE_CNN = "simple_cnn"
 
 #: One grey channel scaled to [-1, 1]. Any affine normalisation is absorbed by the first
 #: batch norm when training from scratch; 0.5/0.5 simply centres the inputs.
 SIMPLE_CNN_MEAN = 0.5
 SIMPLE_CNN_STD = 0.5
+
+#: timm's pretrained_cfg for simple_cnn: the data config and layer names timm's utilities read
+#: (`resolve_data_config`, `load_pretrained`). No url, hf_hub_id or file: there are no
+#: pretrained weights, so pretrained=True is refused (see `hub.require_hub_weights`).
+_DEFAULT_CFG: dict[str, Any] = {
+    "num_classes": 1000,  # timm's default head size; only a bare timm.create_model uses it
+    # Nominal size: the net is fully convolutional, any side >= 2**depth works.
+    "input_size": (1, 224, 224),
+    "mean": (SIMPLE_CNN_MEAN,),
+    "std": (SIMPLE_CNN_STD,),
+    "first_conv": "stages.0.conv1",
+    "classifier": "fc",
+}
+# timm's register_model reads `default_cfgs` from the entrypoint's module.
+default_cfgs = generate_default_cfgs({SIMPLE_CNN: _DEFAULT_CFG})
 
 
 def _stage(in_chs: int, out_chs: int, convs: int) -> nn.Sequential:
@@ -81,15 +104,14 @@ class SimpleCNN(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = self._make_fc(num_classes)
+        # Built directly (not through timm): the same data config, for these channels. As in
+        # timm, it describes the data and layer names; `self.num_classes` is the live head.
         self.pretrained_cfg = {
-            "architecture": "simple_cnn",
-            "num_classes": num_classes,
-            # Nominal size: the net is fully convolutional, any side >= 2**depth works.
-            "input_size": (in_chans, 224, 224),
+            **_DEFAULT_CFG,
+            "architecture": SIMPLE_CNN,
+            "input_size": (in_chans, *_DEFAULT_CFG["input_size"][1:]),
             "mean": (SIMPLE_CNN_MEAN,) * in_chans,
             "std": (SIMPLE_CNN_STD,) * in_chans,
-            "first_conv": "stages.0.conv1",
-            "classifier": "fc",
         }
         self._init_weights()
 
@@ -127,7 +149,19 @@ class SimpleCNN(nn.Module):
             raise ModelError(f"num_classes={num_classes} should be >= 0")
         self.num_classes = num_classes
         self.fc = self._make_fc(num_classes)
-        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+
+
+@register_model
+def simple_cnn(pretrained: bool = False, **kwargs: Any) -> SimpleCNN:
+    """timm entrypoint: SimpleCNN with timm's pretrained_cfg (0.5/0.5, first conv, head)."""
+    try:
+        # flatten_sequential: features_only finds the stages ("stages.0" -> "stages_0").
+        return build_model_with_cfg(
+            SimpleCNN, SIMPLE_CNN, pretrained, feature_cfg={"flatten_sequential": True}, **kwargs
+        )
+    except TypeError as exc:
+        options = [p for p in inspect.signature(SimpleCNN).parameters if p != "num_classes"]
+        raise ModelError(f"simple_cnn: {exc}; valid options: {', '.join(options)}") from exc
 
 
 def _check_args(

