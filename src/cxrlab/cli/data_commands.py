@@ -10,16 +10,18 @@ from rich.table import Table
 from cxrlab.cli.app import app, console
 from cxrlab.cli.options import csv_list, from_config
 from cxrlab.cli.render import frame_table
-from cxrlab.config import DataConfig, Sampling, SplitMethod
+from cxrlab.config import DataConfig, Sampling, SplitMethod, SyntheticConfig
 from cxrlab.labels import DEFAULT_TARGETS
 
 
 @app.command("synth")
 def synth_command(
     out: Path = typer.Argument(..., help="Folder to write the synthetic NIH-layout data set to."),
-    patients: int = typer.Option(300, min=1, help="Number of synthetic patients."),
-    seed: int = typer.Option(0, help="Random seed; the same seed gives the same bytes."),
-    image_size: int = typer.Option(256, min=64, max=1024, help="PNG side in pixels."),
+    patients: int = from_config(SyntheticConfig, "patients", help="Synthetic patients."),
+    seed: int = from_config(
+        SyntheticConfig, "seed", help="Random seed; the same seed gives the same bytes."
+    ),
+    image_size: int = from_config(SyntheticConfig, "image_size", help="PNG side in pixels."),
     workers: int = typer.Option(1, min=1, help="Processes drawing images."),
     overwrite: bool = typer.Option(False, help="Replace the contents of a non-empty OUT."),
 ) -> None:
