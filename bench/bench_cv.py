@@ -1,0 +1,289 @@
+"""Benchmark: training recipes compared by patient-grouped k-fold cross-validation.
+
+One 166-image test split cannot tell recipes apart (CIs +-0.07). Here every image of the
+real dev set (`../shared/data/nih-cxr14-dev`: 1,108 NIH images, 891 patients, four targets)
+is tested exactly once:
+
+1. patients are assigned to k folds, stratified on their labels (a patient is positive for
+   a target when any of their images is; iterative-stratification's multilabel k-fold);
+2. for fold f: test = fold f; within the other folds a validation part (--val share of
+   their patients, stratified the same way) is carved for early stopping and thresholds;
+   train = the rest. Each fold is a run directory whose cache is the shared one;
+3. each recipe trains once per fold; its test-fold probabilities (from `best.ckpt`, or
+   `last.ckpt` for recipes without early stopping) are pooled out of fold.
+
+Reported per recipe: pooled out-of-fold macro and per-class AUROC with a patient-bootstrap
+95% CI, mean +- sd of the per-fold macro AUROC, and for each pair of recipes the paired
+patient-bootstrap difference of pooled macro AUROC (same images, same folds).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_cv.py --work /tmp/cv --image-size 224 \\
+        --recipes plain,default,probe [--folds 5] [--markdown out.md]
+
+Fold results are saved as they finish (WORK/<recipe>/fold<f>.npz): a rerun skips them, so
+a killed benchmark resumes. Recipes are config overrides on cxrlab's defaults (RECIPES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.config import DataConfig, ExperimentConfig, build
+from cxrlab.data.rundata import RunData, load_run_data
+from cxrlab.evaluate.bootstrap import bootstrap_auroc, paired_bootstrap
+from cxrlab.labels import PATIENT_ID
+from cxrlab.rundir import RunDir
+from cxrlab.runinfo import sha256_json, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "nih-cxr14-dev"
+LITE0 = {"name": "efficientnet_lite0", "pretrained": True}  # bundled weights, no download
+NO_EARLY_STOP = 1000  # patience longer than any run
+
+#: name -> (config overrides on cxrlab's defaults, checkpoint the fold is scored with).
+RECIPES: dict[str, tuple[dict[str, Any], str]] = {
+    # `cxrlab train R --model efficientnet_lite0 --pretrained`, every other default
+    "default": ({"model": LITE0}, "best"),
+    # the issue's 30-line reference: fixed LR for the whole network, cosine, 8 epochs, no
+    # early stopping, the final weights
+    "plain": (
+        {
+            "model": LITE0,
+            "optim": {"lr": 3e-4, "backbone_lr_mult": 1.0},
+            "schedule": {"name": "cosine", "warmup_epochs": 0},
+            "train": {"epochs": 8, "patience": NO_EARLY_STOP},
+        },
+        "last",
+    ),
+    # frozen ImageNet features, a linear head (the probe reference)
+    "probe": (
+        {
+            "model": LITE0,
+            "optim": {"lr": 3e-3},
+            "train": {"strategy": "linear-probe", "epochs": 15, "patience": NO_EARLY_STOP},
+        },
+        "last",
+    ),
+    "simple_cnn": ({"model": {"name": "simple_cnn"}}, "best"),
+}
+
+
+# ---- folds ----------------------------------------------------------------------------------
+def patient_labels(cohort: pd.DataFrame, targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(patients (P,), labels (P, K)): a patient is positive if any of their images is."""
+    grouped = cohort.groupby(PATIENT_ID, sort=True)[targets].max()
+    return grouped.index.to_numpy(), grouped.to_numpy()
+
+
+def assign_folds(cohort: pd.DataFrame, targets: list[str], k: int, seed: int) -> np.ndarray:
+    """(N,) fold of each image, whole patients per fold, stratified on patient labels."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    patients, labels = patient_labels(cohort, targets)
+    fold_of = {}
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, test) in enumerate(splitter.split(np.zeros(len(patients)), labels)):
+        fold_of.update(dict.fromkeys(patients[test], f))
+    return cohort[PATIENT_ID].map(fold_of).to_numpy()
+
+
+def carve_val(cohort: pd.DataFrame, targets: list[str], share: float, seed: int) -> np.ndarray:
+    """(n,) bool: the validation images, `share` of the patients, stratified."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    patients, labels = patient_labels(cohort, targets)
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=share, random_state=seed)
+    _, val = next(splitter.split(np.zeros(len(patients)), labels))
+    return cohort[PATIENT_ID].isin(set(patients[val])).to_numpy()
+
+
+def fold_run(base: RunData, fold: np.ndarray, f: int, val_share: float, work: Path) -> Path:
+    """A run directory for fold f: the base cohort with its split column rewritten."""
+    root = RunDir(work / f"fold{f}")
+    cohort = base.cohort.copy()
+    split = np.where(fold == f, "test", "train").astype(object)
+    rest = fold != f
+    val = carve_val(cohort[rest], base.targets, val_share, seed=f)
+    split[np.flatnonzero(rest)[val]] = "val"
+    cohort["split"] = split
+    root.data.mkdir(parents=True, exist_ok=True)
+    cohort.to_csv(root.cohort, index=False)
+    split_hash = sha256_json(list(zip(cohort.iloc[:, 0], split, strict=True)))
+    write_json(root.split_summary, {"targets": base.targets, "split_hash": split_hash, "fold": f})
+    if not root.cache.exists():
+        root.cache.symlink_to(base.cache.cache_dir.resolve(), target_is_directory=True)
+    return root.root
+
+
+# ---- training and scoring -------------------------------------------------------------------
+def recipe_config(name: str, epochs: int | None) -> ExperimentConfig:
+    from cxrlab.config import deep_merge
+
+    overrides = RECIPES[name][0]
+    if epochs is not None:
+        overrides = deep_merge(overrides, {"train": {"epochs": epochs}})
+    return build(ExperimentConfig, overrides, source=f"recipe {name}")
+
+
+def run_fold(run_dir: Path, recipe: str, epochs: int | None) -> tuple[np.ndarray, dict]:
+    """Train `recipe` on one fold; (test-row probabilities (n, K), facts about the run)."""
+    from cxrlab.models.checkpoint import check_compatible, load_model_from_checkpoint
+    from cxrlab.models.inference import predict_images
+    from cxrlab.train.engine import train_model
+
+    start = time.perf_counter()
+    result = train_model(
+        run_dir, recipe_config(recipe, epochs), name=recipe, overwrite=True, progress_bar=False
+    )
+    train_s = time.perf_counter() - start
+    data = load_run_data(run_dir)
+    folder = data.paths.model(recipe)
+    ckpt = folder.best_ckpt if RECIPES[recipe][1] == "best" else folder.last_ckpt
+    model, info = load_model_from_checkpoint(ckpt)
+    check_compatible(info, data, ckpt)
+    rows = data.rows("test")
+    probs = predict_images(model, data.images, rows, info["mean"], info["std"], batch_size=64)
+    facts = {
+        "train_s": train_s,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "checkpoint": ckpt.name,
+    }
+    return probs, facts
+
+
+def cross_validate(base: RunData, fold: np.ndarray, recipe: str, args) -> np.ndarray:
+    """(N, K) out-of-fold probabilities of `recipe`; folds already saved are reused."""
+    out = np.full(base.labels.shape, np.nan)
+    for f in range(args.folds):
+        saved = args.work / recipe / f"fold{f}.npz"
+        if saved.is_file():
+            probs = np.load(saved)["probs"]
+        else:
+            run_dir = fold_run(base, fold, f, args.val, args.work)
+            probs, facts = run_fold(run_dir, recipe, args.epochs)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(saved, probs=probs, facts=json.dumps(facts))
+            print(f"  {recipe} fold {f}: {facts}", flush=True)
+        out[fold == f] = probs
+    return out
+
+
+# ---- statistics -----------------------------------------------------------------------------
+def summarize(base: RunData, fold: np.ndarray, probs: np.ndarray, n_boot: int) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    y, pid = base.labels, base.patient_ids
+    pooled = bootstrap_auroc(y, probs, pid, targets=base.targets, n_boot=n_boot)
+    per_fold = []
+    for f in np.unique(fold):
+        rows = fold == f
+        aucs = [roc_auc_score(y[rows, k], probs[rows, k]) for k in range(y.shape[1])
+                if 0 < y[rows, k].sum() < rows.sum()]  # fmt: skip
+        per_fold.append(float(np.mean(aucs)))
+    return {
+        "pooled": pooled,
+        "fold_macro": per_fold,
+        "fold_mean": float(np.mean(per_fold)),
+        "fold_sd": float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0,
+    }
+
+
+def pairs(base: RunData, oof: dict[str, np.ndarray], n_boot: int) -> dict[str, dict]:
+    out = {}
+    for a, b in itertools.combinations(oof, 2):
+        paired = paired_bootstrap(
+            base.labels, oof[a], oof[b], base.patient_ids, n_boot=n_boot, targets=base.targets
+        )
+        out[f"{a} - {b}"] = paired["macro"]
+    return out
+
+
+def _ci(e: dict) -> str:
+    if e.get("estimate") is None:
+        return "undefined"
+    return f"{e['estimate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def markdown(base: RunData, results: dict, deltas: dict, args) -> str:
+    targets = base.targets
+    lines = [
+        "| recipe | " + " | ".join(targets) + " | pooled macro | fold mean ± sd |",
+        "|---" * (len(targets) + 3) + "|",
+    ]
+    for name, r in results.items():
+        cells = [_ci(r["pooled"]["per_class"][t]) for t in targets]
+        macro = _ci(r["pooled"]["macro"])
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | **{macro}** | {r['fold_mean']:.3f} ± {r['fold_sd']:.3f} |")  # fmt: skip
+    lines += ["", "| paired difference (pooled macro AUROC) | Δ [95% CI] | p |", "|---|---|---|"]
+    for label, d in deltas.items():
+        p = d.get("p_value")
+        delta = _ci({**d, "estimate": d["delta"]})
+        lines.append(f"| {label} | {delta} | {p if p is None else f'{p:.3g}'} |")
+    lines.append("")
+    lines.append(
+        f"{args.folds}-fold patient-grouped CV, {len(base.ids)} images, "
+        f"{len(set(base.patient_ids))} patients, {args.image_size} px; "
+        f"bootstrap {args.bootstrap} resamples over patients."
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, required=True, help="work folder (resumable)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--val", type=float, default=0.15, help="val share of training patients")
+    parser.add_argument("--recipes", default="plain,default,probe")
+    parser.add_argument("--epochs", type=int, default=None, help="override every recipe's")
+    parser.add_argument("--n-images", type=int, default=None, help="subset (smoke tests)")
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+    base = prepare_base(args)
+    fold = assign_folds(base.cohort, base.targets, args.folds, args.seed)
+    print(f"{len(base.ids)} images in {args.folds} folds: {np.bincount(fold).tolist()}; "
+          f"{platform.node()}, {os.cpu_count()} CPUs", flush=True)  # fmt: skip
+    oof = {r: cross_validate(base, fold, r, args) for r in recipes}
+    results = {r: summarize(base, fold, p, args.bootstrap) for r, p in oof.items()}
+    deltas = pairs(base, oof, args.bootstrap)
+    text = markdown(base, results, deltas, args)
+    print(text)
+    write_json(args.work / "bench_cv.json", {"results": results, "pairs": deltas,
+                                             "args": vars(args)})  # fmt: skip
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+def prepare_base(args) -> RunData:
+    """The whole dev set, prepared once at --image-size (its own split is not used)."""
+    from cxrlab.data.prepare import prepare
+
+    base = args.work / "base"
+    if not RunDir(base).cohort.is_file():
+        options = DataConfig(
+            data_root=str(args.data_root), image_size=args.image_size, n_images=args.n_images
+        )
+        prepare(options, base, progress=False)
+    return load_run_data(base)
+
+
+if __name__ == "__main__":
+    main()
