@@ -126,14 +126,16 @@ def tar_gz(root: Path, names: list[str], damaged: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def sources_file(path: Path, counts: list[int], sha256: dict[str, str] | None = None) -> Path:
+def sources_file(
+    path: Path, counts: list[int], sha256: dict[str, str] | None = None, metadata=METADATA
+) -> Path:
     """A sources file like nih.yaml for a mirror of len(counts) archives, no links."""
     sha256 = sha256 or {}
     doc = {
         "name": "test mirror",
         "landing_page": "http://127.0.0.1/",
         "licence": "synthetic",
-        "metadata": [{"name": n} for n in METADATA],
+        "metadata": [{"name": n} for n in metadata],
         "archives": [
             {"name": archive_name(k), "images": c, "sha256": sha256.get(archive_name(k))}
             for k, c in enumerate(counts, start=1)

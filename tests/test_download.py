@@ -190,6 +190,25 @@ def test_not_enough_disk_space_is_refused_before_any_archive(mirror, sources, tm
     assert [r.name for r in mirror.gets()] == list(METADATA)  # no archive fetched
 
 
+def test_metadata_put_in_by_hand_is_used_and_only_archives_are_fetched(
+    mirror, tmp_path, nih_like
+):
+    root, names, chunks = nih_like
+    out = tmp_path / "nih"
+    out.mkdir()
+    for name in METADATA:
+        shutil.copy(root / name, out / name)  # the 2017 name, where NIH's file is v2020
+    bundled_names = ("Data_Entry_2017_v2020.csv", *METADATA[1:])
+    src = sources_file(tmp_path / "s.yaml", [len(c) for c in chunks], metadata=bundled_names)
+    for name in METADATA:
+        del mirror.files[name]
+    result = run(mirror, src, out)
+    assert result.complete and result.images == len(names)
+    assert sorted(r.name for r in mirror.gets()) == [archive_name(k) for k in (1, 2, 3)]
+    record = read_manifest(out)["metadata"]["Data_Entry_2017_v2020.csv"]
+    assert record["file"] == "Data_Entry_2017.csv"
+
+
 def test_unknown_links_need_base_url_and_nothing_is_fetched(tmp_path):
     with pytest.raises(ConfigError, match=r"Data_Entry_2017_v2020\.csv.*--base-url") as info:
         download_nih(DownloadConfig(), tmp_path / "nih", progress=False)

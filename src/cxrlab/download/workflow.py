@@ -20,10 +20,16 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 from cxrlab.config import DownloadConfig
-from cxrlab.data.metadata import find_metadata_files, read_data_entry
+from cxrlab.data.metadata import (
+    BBOX_PATTERNS,
+    DATA_ENTRY_PATTERNS,
+    find_metadata_files,
+    read_data_entry,
+)
 from cxrlab.download.archive import BadArchive, extract_archive
 from cxrlab.download.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from cxrlab.download.progress import TqdmProgress
@@ -112,7 +118,7 @@ class _Job:
     def check_links(self, planned: list[Archive]) -> None:
         """ConfigError listing every file this run needs that has no link."""
         base = self.options.base_url
-        needed = [f for f in self.source.metadata if not (self.root / f.name).is_file()]
+        needed = [f for f in self.source.metadata if self._local(f) is None]
         needed += [a for a in planned if not self.archives[a.name].get("extracted")]
         unknown = [f.name for f in needed if url_of(f, base) is None]
         if unknown:
@@ -124,14 +130,26 @@ class _Job:
 
     def fetch_metadata(self) -> None:
         for file in self.source.metadata:
-            dest = self.root / file.name
-            if not dest.is_file():
+            dest = self._local(file)
+            if dest is None:
+                dest = self.root / file.name
                 self._fetch(file, dest)
             record = self.metadata.get(file.name, {})
             if record.get("bytes") != dest.stat().st_size:  # new or replaced by hand
                 record = {"bytes": dest.stat().st_size, "sha256": sha256_file(dest)}
             _check_known(file, dest, record["sha256"], DataError)
-            self.metadata[file.name] = record
+            self.metadata[file.name] = record | {"file": dest.name}
+
+    def _local(self, file: RemoteFile) -> Path | None:
+        """The metadata file in the folder: its own name, or another copy `prepare` reads
+        (e.g. Data_Entry_2017.csv or a .csv.gz for Data_Entry_2017_v2020.csv)."""
+        if (self.root / file.name).is_file():
+            return self.root / file.name
+        for patterns in (DATA_ENTRY_PATTERNS, BBOX_PATTERNS):
+            if any(fnmatch(file.name, p) for p in patterns):
+                found = sorted(p for pat in patterns for p in self.root.glob(pat) if p.is_file())
+                return found[0] if found else None
+        return None
 
     def load_entries(self) -> None:
         entries = read_data_entry(find_metadata_files(self.root).data_entry)
