@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from cxrlab.cli import app, main
 from cxrlab.config import DownloadConfig
-from cxrlab.download import workflow
+from cxrlab.download import transfer, workflow
 from cxrlab.download.archive import BadArchive
 from cxrlab.download.manifest import read_manifest
+from cxrlab.download.progress import TqdmProgress
 from cxrlab.download.workflow import download_nih
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.synth import write_synthetic_dataset
@@ -90,6 +91,18 @@ def test_second_run_transfers_nothing(mirror, sources, tmp_path):
     assert again.complete
 
 
+def test_an_image_deleted_after_download_brings_back_its_archive_only(
+    mirror, sources, tmp_path, nih_like
+):
+    run(mirror, sources, tmp_path / "nih")
+    gone = nih_like[2][2][0]
+    (tmp_path / "nih" / "images" / gone).unlink()
+    mirror.log.clear()
+    again = run(mirror, sources, tmp_path / "nih")
+    assert again.fetched == [archive_name(3)]
+    assert (tmp_path / "nih" / "images" / gone).is_file()
+
+
 def test_interrupted_transfer_resumes_with_only_the_missing_bytes(mirror, sources, tmp_path):
     name = archive_name(2)
     size = len(mirror.files[name])
@@ -105,6 +118,33 @@ def test_interrupted_transfer_resumes_with_only_the_missing_bytes(mirror, source
     assert resumed.sent == size - size // 3
     assert mirror.gets(archive_name(1)) == []  # finished before the drop: not fetched again
     assert result.complete
+
+
+def test_ctrl_c_mid_transfer_leaves_a_part_file_the_next_run_continues(
+    mirror, sources, tmp_path, monkeypatch
+):
+    name = archive_name(2)
+
+    class CtrlC(TqdmProgress):
+        def start(self, file, total, have):
+            super().start(file, total, have)
+            self.current = file
+
+        def advance(self, n):
+            super().advance(n)
+            if self.current == name:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "TqdmProgress", CtrlC)
+    monkeypatch.setattr(transfer, "CHUNK", 1000)  # Ctrl-C after the first 1,000 bytes
+    with pytest.raises(KeyboardInterrupt):
+        run(mirror, sources, tmp_path / "nih")
+    kept = (tmp_path / "nih" / f"{name}.part").stat().st_size
+    assert kept == 1000 < len(mirror.files[name])
+    monkeypatch.undo()
+    mirror.log.clear()
+    assert run(mirror, sources, tmp_path / "nih").complete
+    assert [r.range for r in mirror.gets(name)] == [f"bytes={kept}-"]
 
 
 def test_dropped_connection_is_retried_from_where_it_stopped(mirror, sources, tmp_path):

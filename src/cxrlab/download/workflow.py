@@ -259,8 +259,11 @@ class _Job:
 
     def _url(self, file: RemoteFile) -> str:
         url = url_of(file, self.options.base_url)
-        if url is None:  # check_links runs first; this is a programming error
-            raise ConfigError(f"no link for {file.name}")
+        if url is None:  # reached when images of an archive done before have gone since
+            raise ConfigError(
+                f"{file.name} must be fetched again but has no known link: pass --base-url"
+                f" URL or put it into {self.root} by hand"
+            )
         return url
 
     # ---- after the last archive ----
