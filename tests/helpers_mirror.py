@@ -58,8 +58,11 @@ def _handler(mirror: Mirror):
         def _serve(self, body: bool):
             name = self.path.lstrip("/")
             asked = self.headers.get("Range")
+            # Logged before any byte goes out, so a test that clears the log after its
+            # client returned never sees a late entry; `sent` is filled in before the body.
+            request = Request(self.command, name, asked, 0)
+            mirror.log.append(request)
             if name not in mirror.files:
-                mirror.log.append(Request(self.command, name, asked, 0))
                 self.send_error(404)
                 return
             data = mirror.files[name]
@@ -77,7 +80,6 @@ def _handler(mirror: Mirror):
                     self.send_header("Content-Range", f"bytes */{len(data)}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
-                    mirror.log.append(Request(self.command, name, asked, 0))
                     return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -87,16 +89,15 @@ def _handler(mirror: Mirror):
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if not body:
-                mirror.log.append(Request(self.command, name, asked, 0))
                 return
             times, after = mirror.drop.get(name, (0, 0))
             if times > 0:
                 mirror.drop[name] = (times - 1, after)
                 payload = payload[:after]
                 self.close_connection = True
+            request.sent = len(payload)  # before writing: the client may finish first
             self.wfile.write(payload)
             self.wfile.flush()
-            mirror.log.append(Request(self.command, name, asked, len(payload)))
 
     return Handler
 
