@@ -216,6 +216,20 @@ class SyntheticConfig(_Section):
     image_size: int = Field(256, ge=64, le=1024)  # PNG side; the cache resizes it
 
 
+class DownloadConfig(_Section):
+    """`cxrlab download nih`: which files, from where, and how patiently."""
+
+    base_url: str | None = None  # a mirror with the NIH file names; None: links in nih.yaml
+    sources: str | None = None  # a sources file like the bundled nih.yaml (e.g. filled in)
+    parts: str | None = None  # archives by number, e.g. "1-3" or "1,4"; None: all of them
+    images: int | None = Field(None, ge=1)  # the fewest leading archives holding N images
+    keep_archives: bool = False  # False deletes each .tar.gz once extracted and checked
+    retries: int = Field(5, ge=0)  # failed tries in a row per file before giving up
+    retry_wait: float = Field(2.0, ge=0)  # seconds before the first retry; doubles after
+    timeout: float = Field(60.0, gt=0)  # seconds without data before a try has failed
+    workers: int = Field(2, ge=1)  # threads decoding every extracted PNG to check it
+
+
 class EvaluateConfig(_Section):
     """`cxrlab evaluate` and the study's evaluate stage."""
 

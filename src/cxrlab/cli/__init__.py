@@ -11,6 +11,7 @@ from cxrlab.cli.app import app, main
 # Importing the command modules registers their commands on `app`.
 from cxrlab.cli import (  # noqa: F401,E402  isort: skip
     data_commands,
+    download_command,
     train_command,
     eval_commands,
     analyze_command,

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from cxrlab.download.manifest import missing_hint
 from cxrlab.errors import DataError
 from cxrlab.labels import IMAGE_INDEX
 
@@ -101,9 +102,11 @@ def resolve_images(
     n_missing = int((~present).sum())
     if n_missing and not drop_missing:
         first = ", ".join(names[~present].iloc[:SHOW_MISSING])
+        # A folder filled by `cxrlab download` knows which archives hold the missing images.
+        hint = missing_hint(root, names[~present].tolist(), len(df) - n_missing)
         raise DataError(
-            f"{n_missing} of {len(df)} listed images are not under {root} (first: {first});"
-            " fix the data root or pass --drop-missing to leave them out"
+            f"{n_missing} of {len(df)} listed images are not under {root} (first: {first}); "
+            + (hint or "fix the data root or pass --drop-missing to leave them out")
         )
     if n_missing:
         log.warning("dropping %d of %d listed images missing under %s", n_missing, len(df), root)
