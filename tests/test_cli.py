@@ -170,19 +170,34 @@ def test_synth_then_prepare_prints_counts_and_leakage_line(tmp_path: Path):
     assert f"(0 decoded, {len(cohort)} reused)" in again.stdout
 
 
+def _commands(group, prefix=()):
+    """(path, command) of every leaf command, walking into groups (`download nih`)."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
 def _choice_options() -> list[tuple[str, str, list[str]]]:
     """(command, --flag, choices) for every option of every command with fixed choices."""
     from typing import Literal, get_args, get_origin, get_type_hints
 
-    group = typer.main.get_command(app)
     found = []
-    for name, command in group.commands.items():
+    for path, command in _commands(typer.main.get_command(app)):
         hints = get_type_hints(command.callback)
         for param in command.params:
             hint = hints.get(param.name)
             if get_origin(hint) is Literal and param.opts[0].startswith("--"):
-                found.append((name, param.opts[0], [str(c) for c in get_args(hint)]))
+                found.append((" ".join(path), param.opts[0], [str(c) for c in get_args(hint)]))
     return found
+
+
+def test_command_walk_reaches_grouped_commands():
+    assert {" ".join(p) for p, _ in _commands(typer.main.get_command(app))} >= {
+        "download nih",
+        "evaluate",
+    }
 
 
 def test_choice_options_are_declared_in_config():
@@ -220,7 +235,7 @@ def test_every_fixed_choice_option_refuses_a_bad_value_before_any_work(tmp_path:
     options = _choice_options()
     assert len(options) >= 15
     for command, flag, choices in options:
-        args = [command, *required.get(command, []), flag, "foo"]
+        args = [*command.split(), *required.get(command, []), flag, "foo"]
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (command, flag, result.output)
         text = " ".join(result.output.split())
