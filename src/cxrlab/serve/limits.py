@@ -76,19 +76,35 @@ class InferencePool:
         self.capacity = workers + queue
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="cxrlab-infer")
         self._slots = threading.BoundedSemaphore(self.capacity)
+        self._lock = threading.Lock()
+        self._admitted = 0
+
+    @property
+    def in_use(self) -> int:
+        """Jobs admitted and not yet finished (running or waiting)."""
+        return self._admitted
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a worker thread; raises Busy when no slot is free."""
         if not self._slots.acquire(blocking=False):
             raise Busy(f"all {self.capacity} inference slots are taken")
+        self._count(+1)
         try:
             future = self._executor.submit(fn, *args)
         except BaseException:
-            self._slots.release()
+            self._release()
             raise
         # The slot frees when the work ends, even if the client has gone away meanwhile.
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(lambda _: self._release())
         return await asyncio.wrap_future(future)
+
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            self._admitted += delta
+
+    def _release(self) -> None:
+        self._count(-1)
+        self._slots.release()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
