@@ -40,3 +40,17 @@ def nih_metadata() -> Path:
 def peer_dicom() -> Path:
     """../shared/data/peer-dicom: two real chest DICOMs (MONOCHROME2 and MONOCHROME1)."""
     return _need(SHARED_DATA / "peer-dicom")
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """A tiny trained + evaluated SimpleCNN on synthetic PNG files, and its ONNX export:
+    (run_dir, data_root, export_dir). See tests/helpers_serve.py."""
+    from cxrlab.predict.bundle import export_model
+    from helpers_serve import make_served_run
+
+    root = tmp_path_factory.mktemp("served")
+    run_dir, data_root = make_served_run(root)
+    export_dir = root / "export"
+    export_model(run_dir, "m", export_dir, onnx=True)
+    return run_dir, data_root, export_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import warnings
 from pathlib import Path
 
@@ -288,3 +289,64 @@ def test_read_square_matches_pad_then_resize(tmp_path):
     path = _save(tmp_path, "r.png", grey)
     expected = np.asarray(Image.fromarray(pad_to_square(grey)).resize((10, 10), Image.BOX))
     assert np.array_equal(read_square_u8(path, 10), expected)
+
+
+# ---- uploads: decode_square_u8 on bytes is read_square_u8 on the file ---------------------------
+def _upload_cases(tmp_path: Path) -> list[Path]:
+    import nibabel
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (50, 70), dtype=np.uint8)
+    paths = []
+    for name, image in (
+        ("grey.png", Image.fromarray(grey)),
+        ("rgba.png", Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), "RGBA")),
+        ("wide.png", Image.fromarray(rng.integers(0, 60000, (30, 44), dtype=np.uint16))),
+        ("photo.jpg", Image.fromarray(grey)),
+    ):
+        image.save(tmp_path / name)
+        paths.append(tmp_path / name)
+    paths.append(_write_dicom(tmp_path / "w.dcm", _STORED, **_WINDOW))
+    volume = nibabel.Nifti1Image(rng.normal(size=(20, 30, 1)).astype(np.float32), np.eye(4))
+    nibabel.save(volume, tmp_path / "x.nii.gz")
+    return [*paths, tmp_path / "x.nii.gz"]
+
+
+def test_uploaded_bytes_decode_exactly_like_files(tmp_path, monkeypatch):
+    import tempfile
+
+    from cxrlab.data.imaging import decode_square_u8
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for path in _upload_cases(tmp_path):
+        for name in (path.name, None):
+            np.testing.assert_array_equal(
+                decode_square_u8(path.read_bytes(), 24, name=name), read_square_u8(path, 24)
+            )
+    assert list(scratch.iterdir()) == []  # the NIfTI temporary file is gone
+
+
+def test_upload_refusals_say_why(tmp_path):
+    from cxrlab.data.imaging import decode_square_u8
+
+    png = _upload_cases(tmp_path)[0].read_bytes()
+    with pytest.raises(ImageReadError, match="is empty"):
+        decode_square_u8(b"", 24, name="a.png")
+    with pytest.raises(ImageReadError, match="named as DICOM but its content is PNG/JPEG"):
+        decode_square_u8(png, 24, name="a.dcm")
+    with pytest.raises(ImageReadError, match="none of PNG, JPEG, DICOM"):
+        decode_square_u8(b"GIF89a" + b"\0" * 400, 24, name="a")
+    with pytest.raises(ImageReadError, match="uploaded file 'cut.png'.*truncated"):
+        decode_square_u8(png[: len(png) // 2], 24, name="cut.png")
+    big = Image.new("L", (3000, 3000))
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 3000 * 3000 - 1  # refused before decoding, not warned about
+        with pytest.raises(ImageReadError, match="decompression bomb.*3000x3000"):
+            decode_square_u8(buffer.getvalue(), 24, name="big.png")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

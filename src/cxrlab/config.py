@@ -28,6 +28,7 @@ Precision = Literal["auto", "32", "16-mixed", "bf16-mixed"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 Sampling = Literal["natural", "enriched"]
 SplitMethod = Literal["patient", "official"]
+Runtime = Literal["torch", "onnxruntime"]  # onnxruntime needs an export made with --onnx
 
 #: Keys that say how to run on this machine, not what to compute: they never enter a
 #: stage key, so moving a run to a GPU does not redo finished work.
@@ -274,6 +275,28 @@ class ExplainConfig(_Section):
     cam_threshold: float = Field(0.5, ge=0, le=1)  # IoU: map region >= this share of peak
     device: Device = "auto"
     batch_size: int = Field(16, ge=1)  # images per Grad-CAM forward/backward pass
+
+
+class PredictConfig(_Section):
+    """`cxrlab predict` and the model that `cxrlab serve` runs."""
+
+    runtime: Runtime = "torch"
+    device: Device = "auto"
+    batch_size: int = Field(16, ge=1)  # images per forward pass
+    threads: int | None = Field(None, ge=1)  # CPU threads per forward pass; None: library default
+    default_thresholds: bool = False  # no validation thresholds: call findings at 0.5 (recorded)
+
+
+class ServeConfig(_Section):
+    """`cxrlab serve`: where it listens and how much it accepts before saying no."""
+
+    host: str = "127.0.0.1"  # loopback only unless asked: the service has no TLS
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(32 * 2**20, ge=1)  # whole request body; larger: 413
+    max_files: int = Field(16, ge=1)  # images per request
+    workers: int = Field(1, ge=1)  # inference threads
+    queue: int = Field(8, ge=0)  # requests waiting for a worker; past that: 503 + Retry-After
+    retry_after: int = Field(1, ge=1)  # seconds, sent in the 503's Retry-After header
 
 
 class ModelEntry(ExperimentConfig):

@@ -18,6 +18,8 @@ from cxrlab.cli import (  # noqa: F401,E402  isort: skip
     explain_command,
     report_command,
     run_commands,
+    predict_commands,
+    serve_command,
 )
 
 __all__ = ["app", "main"]

@@ -4,7 +4,10 @@ The contract, for every format:
 
 - `read_grey(path)` returns a (H, W) float32 array in [0, 1];
 - `read_grey_u8(path)` returns a (H, W) uint8 array (the fast path the cache uses);
-- `read_square_u8(path, size)` returns exactly what the image cache stores for that file.
+- `read_square_u8(path, size)` returns exactly what the image cache stores for that file;
+- `decode_square_u8(data, size, name=)` does the same for a file's bytes (an upload): the
+  format comes from the content (magic bytes), the name is only checked against it and used
+  in messages, never as a path.
 
 How values are scaled (the one rule to remember):
 
@@ -19,12 +22,18 @@ How values are scaled (the one rule to remember):
 DICOM decoding is pydicom's (its own functions for the LUTs); NIfTI is nibabel's. Every failure
 to read a file raises `ImageReadError` naming the file; no raw Pillow/pydicom/nibabel exception
 escapes. Heavy readers (pydicom, nibabel) are imported on first use.
+
+Decompression bombs: an image that declares more pixels than Pillow's `Image.MAX_IMAGE_PIXELS`
+(PNG/JPEG header, DICOM Rows x Columns) is refused before its pixels are decoded.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -65,10 +74,7 @@ def read_grey(path: str | Path) -> np.ndarray:
 
 def read_grey_u8(path: str | Path) -> np.ndarray:
     """Read `path` as one grey channel: (H, W) uint8 (see the module docstring)."""
-    pixels = _decode(Path(path))
-    if pixels.dtype == np.uint8:
-        return pixels
-    return to_u8(_minmax(pixels))
+    return _grey_u8(_decode(Path(path)))
 
 
 def read_square_u8(path: str | Path, size: int) -> np.ndarray:
@@ -79,6 +85,54 @@ def read_square_u8(path: str | Path, size: int) -> np.ndarray:
     ~1.7x faster but differs from an area mean by up to ~80 grey levels at sharp edges.
     """
     return resize_square(read_grey_u8(path), size)
+
+
+def decode_square_u8(data: bytes, size: int, *, name: str | None = None) -> np.ndarray:
+    """`read_square_u8` for the bytes of a file (an upload), bit for bit.
+
+    The reader is chosen by the content (PNG, JPEG, DICOM with its preamble, NIfTI); `name`,
+    when given, must not claim another format (`x.dcm` holding a PNG is refused) and appears
+    in messages as a label only. NIfTI goes through a temporary file that is removed at once.
+    """
+    where = f"uploaded file {name!r}" if name else "uploaded file"
+    if not data:
+        raise ImageReadError(f"{where} is empty (0 bytes); expected an image")
+    try:
+        kind = _kind_of_content(data[:_SNIFF_BYTES], where)
+        claimed = _kind_of_name(name, where) if name else None
+        if claimed is not None and claimed != kind:
+            raise ImageReadError(
+                f"{where} is named as {_KIND_NAMES[claimed]} but its content is "
+                f"{_KIND_NAMES[kind]}; rename it or upload the right file"
+            )
+        if kind == "nifti":
+            pixels = _read_nifti_bytes(data, where)
+        else:
+            pixels = _READERS[kind](io.BytesIO(data), where)
+    except CxrError:
+        raise
+    except Exception as exc:  # the contract: no raw decoder exception escapes
+        raise _unreadable(where, exc) from exc
+    return resize_square(_grey_u8(pixels), size)
+
+
+def _grey_u8(pixels: np.ndarray) -> np.ndarray:
+    """Decoded pixels as uint8: 8-bit sources as they are, wider ones min-max scaled."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return to_u8(_minmax(pixels))
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether a folder scan should pick `path` up: a supported suffix, or none and the DICOM
+    magic bytes. (Reading it may still fail; this only looks at the name and the preamble.)"""
+    path = Path(path)
+    name = path.name.lower()
+    if not path.is_file() or name.startswith("."):
+        return False
+    if name.endswith(SUPPORTED_SUFFIXES):
+        return True
+    return path.suffix == "" and _has_dicom_magic(path)
 
 
 def to_u8(unit: np.ndarray) -> np.ndarray:
@@ -123,36 +177,70 @@ def _decode(path: Path) -> np.ndarray:
     """Grey pixels of `path`: uint8 for 8-bit sources, another dtype when min-max is needed."""
     try:
         kind = _kind_of(path)
-        if kind == "pil":
-            return _read_pil(path)
-        if kind == "dicom":
-            return _read_dicom(path)
-        return _read_nifti(path)
+        return _READERS[kind](path, str(path))
     except CxrError:
         raise
     except Exception as exc:  # the contract: no raw decoder exception escapes
-        detail = " ".join(str(exc).split()) or "no detail given"
-        raise ImageReadError(
-            f"cannot read image {path}: {type(exc).__name__}: {detail}"
-            " (the file is corrupt, truncated or not the format its name says)"
-        ) from exc
+        raise _unreadable(str(path), exc) from exc
+
+
+def _unreadable(where: str, exc: Exception) -> ImageReadError:
+    detail = " ".join(str(exc).split()) or "no detail given"
+    return ImageReadError(
+        f"cannot read image {where}: {type(exc).__name__}: {detail}"
+        " (the file is corrupt, truncated or not the format its name says)"
+    )
 
 
 def _kind_of(path: Path) -> str:
     """Which reader handles `path`: "pil", "dicom" or "nifti"."""
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
-    name = path.name.lower()
-    if name.endswith(".nii") or name.endswith(".nii.gz"):
+    kind = _kind_of_name(path.name, str(path))
+    if kind is None and _has_dicom_magic(path):
+        return "dicom"
+    if kind is None:
+        raise ImageReadError(
+            f"unsupported image type '(no suffix)' for {path}; "
+            f"supported: {', '.join(SUPPORTED_SUFFIXES)} (and DICOM files without a suffix)"
+        )
+    return kind
+
+
+def _kind_of_name(name: str, where: str) -> str | None:
+    """The reader a file name asks for; None without a suffix; ImageReadError for others."""
+    lower = name.lower()
+    if lower.endswith(".nii") or lower.endswith(".nii.gz"):
         return "nifti"
-    suffix = path.suffix.lower()
+    suffix = Path(lower).suffix
     if suffix in _PIL_SUFFIXES:
         return "pil"
-    if suffix in _DICOM_SUFFIXES or (suffix == "" and _has_dicom_magic(path)):
+    if suffix in _DICOM_SUFFIXES:
         return "dicom"
+    if suffix == "":
+        return None
     raise ImageReadError(
-        f"unsupported image type {suffix or '(no suffix)'!r} for {path}; "
+        f"unsupported image type {suffix!r} for {where}; "
         f"supported: {', '.join(SUPPORTED_SUFFIXES)} (and DICOM files without a suffix)"
+    )
+
+
+#: Enough of a file's start to recognise every supported format (NIfTI-1 magic at 344).
+_SNIFF_BYTES = 352
+_KIND_NAMES = {"pil": "PNG/JPEG", "dicom": "DICOM", "nifti": "NIfTI"}
+
+
+def _kind_of_content(head: bytes, where: str) -> str:
+    """The reader for a file that starts with `head`, from its magic bytes."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8\xff"):
+        return "pil"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x1f\x8b") or head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "nifti"  # gzip: a .nii.gz (nibabel says so if it is another gzip file)
+    raise ImageReadError(
+        f"{where} is not a supported image: its content is none of PNG, JPEG, DICOM (with "
+        "the 'DICM' preamble) or NIfTI"
     )
 
 
@@ -162,10 +250,29 @@ def _has_dicom_magic(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _read_pil(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+def _read_pil(source: Path | BinaryIO, where: str) -> np.ndarray:
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise _bomb(where, f"Pillow refused it: {exc}") from None
+    with image:
+        _check_pixels(image.width, image.height, where)
         image.load()
         return _pil_grey(image)
+
+
+def _check_pixels(width: int, height: int, where: str) -> None:
+    """ImageReadError before decoding when the declared size exceeds Pillow's bomb limit."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise _bomb(where, f"it declares {width}x{height} = {width * height:,} pixels")
+
+
+def _bomb(where: str, detail: str) -> ImageReadError:
+    return ImageReadError(
+        f"{where} is refused as a possible decompression bomb: {detail}, more than the "
+        f"limit of {Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS)"
+    )
 
 
 def _pil_grey(image: Image.Image) -> np.ndarray:
@@ -179,21 +286,24 @@ def _pil_grey(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("L"))
 
 
-def _read_dicom(path: Path) -> np.ndarray:
-    """DICOM pixels after modality LUT, VOI LUT/window and MONOCHROME1 inversion, float64."""
+def _read_dicom(source: Path | BinaryIO, where: str) -> np.ndarray:
+    """DICOM pixels after modality LUT, VOI LUT/window and MONOCHROME1 inversion, float64.
+
+    Messages and log lines name the file and technical tags only, never a patient tag."""
     import pydicom
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(source)
     if "PixelData" not in ds:
         raise ImageReadError(
-            f"DICOM file {path} has no Pixel Data (SOP class "
+            f"DICOM file {where} has no Pixel Data (SOP class "
             f"{getattr(ds.get('SOPClassUID'), 'name', 'unknown')}); expected an image"
         )
+    _check_pixels(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), where)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        logger.warning("%s has %d frames; using the first", path, frames)
-    pixels = _dicom_pixels(ds, path)  # (H, W) or (H, W, 3)
+        logger.warning("%s has %d frames; using the first", where, frames)
+    pixels = _dicom_pixels(ds, where)  # (H, W) or (H, W, 3)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         return _luma(apply_color_lut(pixels, ds))
@@ -210,7 +320,7 @@ def _read_dicom(path: Path) -> np.ndarray:
     return values
 
 
-def _dicom_pixels(ds, path: Path) -> np.ndarray:
+def _dicom_pixels(ds, where: str) -> np.ndarray:
     """The first frame's decoded pixels, or ImageReadError naming the missing decoder."""
     ds.pixel_array_options(index=0)
     try:
@@ -221,7 +331,7 @@ def _dicom_pixels(ds, path: Path) -> np.ndarray:
         hint = _DICOM_DECODER_HINTS.get(str(syntax), _ANY_DECODER)
         detail = " ".join(str(exc).split())
         raise ImageReadError(
-            f"cannot decode DICOM {path}: no installed decoder handles transfer syntax "
+            f"cannot decode DICOM {where}: no installed decoder handles transfer syntax "
             f"{name} ({syntax}); install {hint}. pydicom said: {detail}"
         ) from exc
 
@@ -240,7 +350,7 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :3].astype(np.float64) @ weights
 
 
-def _read_nifti(path: Path) -> np.ndarray:
+def _read_nifti(path: Path, where: str) -> np.ndarray:
     """A 2-D NIfTI image (singleton axes squeezed) as float64, in nibabel's array order."""
     import nibabel
 
@@ -249,12 +359,24 @@ def _read_nifti(path: Path) -> np.ndarray:
     grey = np.squeeze(data)
     if grey.ndim != 2:
         raise ImageReadError(
-            f"NIfTI {path} has shape {data.shape}; expected a 2-D image (extra axes of length 1 "
+            f"NIfTI {where} has shape {data.shape}; expected a 2-D image (extra axes of length 1 "
             "are fine), not a volume or series"
         )
     if not np.isfinite(grey).all():
-        raise ImageReadError(f"NIfTI {path} contains NaN or infinite values; expected finite")
+        raise ImageReadError(f"NIfTI {where} contains NaN or infinite values; expected finite")
     return grey
+
+
+def _read_nifti_bytes(data: bytes, where: str) -> np.ndarray:
+    """nibabel reads files only: the bytes go to a temporary file removed on return."""
+    suffix = ".nii.gz" if data.startswith(b"\x1f\x8b") else ".nii"
+    with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
+        handle.write(data)
+        handle.flush()
+        return _read_nifti(Path(handle.name), where)
+
+
+_READERS = {"pil": _read_pil, "dicom": _read_dicom, "nifti": _read_nifti}
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:
