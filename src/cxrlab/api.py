@@ -105,13 +105,20 @@ def _png_figures(folder: Path, pattern: str = "*.png") -> dict[str, Path]:
 
 
 def _show_png(path: Path, width: float = 10.0):
-    """A matplotlib Figure showing a PNG the stage wrote (no pyplot state is touched)."""
+    """A matplotlib Figure showing a PNG the stage wrote (no pyplot state is touched).
+
+    A notebook displays it as that PNG, byte for byte (`_repr_png_`), without redrawing."""
     from matplotlib.figure import Figure
     from matplotlib.image import imread
 
+    class StageFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return png
+
+    png = Path(path).read_bytes()
     image = imread(path)  # (H, W, 3|4)
     height, wide = image.shape[:2]
-    fig = Figure(figsize=(width, width * height / wide))
+    fig = StageFigure(figsize=(width, width * height / wide))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(image)
     ax.set_axis_off()
