@@ -375,7 +375,8 @@ class Analysis(_Figures):
 
     @property
     def confounds(self):
-        """Clusters against each pathology and each metadata attribute (Cramér's V, p)."""
+        """Clusters against pathology (label set, each target) and metadata (view, sex, age
+        band, follow-up): Cramér's V, ARI, NMI per attribute, strongest first."""
         import pandas as pd
 
         return pd.DataFrame(self.result["confounds"])
