@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint notebook bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test-fast: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
+
+# After editing notebooks/walkthrough.py: rewrite the paired .ipynb (stored without outputs).
+notebook: $(VENV)/.installed-test
+	$(BIN)/jupytext --to ipynb notebooks/walkthrough.py -o notebooks/walkthrough.ipynb
 
 clean:
 	rm -rf demo-run .pytest_cache build dist src/*.egg-info

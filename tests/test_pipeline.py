@@ -172,7 +172,7 @@ def test_changing_the_analysis_model_reruns_analyze(copy: Path):
 
 
 def test_failing_stage_names_itself_and_keeps_earlier_outputs(copy: Path, monkeypatch):
-    import cxrlab.explain.workflow as explain_workflow
+    from cxrlab.explain import workflow as explain_workflow
 
     kept = {
         f: (copy / f).read_bytes()
@@ -205,7 +205,7 @@ def test_unknown_analysis_model_is_a_stage_error(copy: Path):
 
 def test_interrupted_stage_is_not_taken_for_finished(copy: Path, monkeypatch):
     """A stage killed mid-way (Ctrl-C, OOM) may leave outputs behind; they must not count."""
-    import cxrlab.train.engine as engine
+    from cxrlab.train import engine
 
     def interrupted(run_dir, config, name, **kwargs):
         (Path(run_dir) / "models" / name / "best.ckpt").write_bytes(b"half a checkpoint")

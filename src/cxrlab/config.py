@@ -132,6 +132,38 @@ class ExperimentConfig(_Section):
     train: TrainConfig = TrainConfig()
 
 
+#: The flat option names of `cxrlab train` (its flags) and `cxrlab.train` (its keyword
+#: arguments), each with the `ExperimentConfig` key it sets. One table, so the two agree.
+TRAIN_OPTIONS: dict[str, str] = {
+    "model": "model.name",
+    "pretrained": "model.pretrained",
+    "weights": "model.weights",
+    "strategy": "train.strategy",
+    "freeze_epochs": "train.freeze_epochs",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "optimizer": "optim.name",
+    "schedule": "schedule.name",
+    "patience": "train.patience",
+    "pos_weight": "train.pos_weight",
+    "seed": "train.seed",
+    "precision": "train.precision",
+    "accelerator": "train.accelerator",
+    "devices": "train.devices",
+    "num_nodes": "train.num_nodes",
+    "num_workers": "train.num_workers",
+    "hflip": "augment.hflip",
+    "rotation": "augment.rotation_deg",
+}
+
+
+def experiment_default(dotted: str) -> Any:
+    """The `ExperimentConfig` default of a dotted key (`"optim.lr"` -> 1e-3)."""
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(ExperimentConfig(), section), key)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cxrlab.cli.app import app, console
 from cxrlab.cli.options import NOT_GIVEN as _NOT_GIVEN  # a flag not given keeps the file's
-from cxrlab.config import Accelerator, Optimizer, Precision, Schedule, Strategy
+from cxrlab.config import TRAIN_OPTIONS, Accelerator, Optimizer, Precision, Schedule, Strategy
 
 
 def _devices(value: str | None) -> int | str | None:
@@ -80,28 +80,10 @@ def train_command(
     """Train a multi-label classifier; writes RUN_DIR/models/NAME (checkpoints, metrics)."""
     from cxrlab.train.engine import resolve_config, train_model
 
-    overrides = {
-        "model.name": model,
-        "model.pretrained": pretrained,
-        "model.weights": str(weights) if weights is not None else None,
-        "train.strategy": strategy,
-        "train.freeze_epochs": freeze_epochs,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "optim.lr": lr,
-        "optim.name": optimizer,
-        "schedule.name": schedule,
-        "train.patience": patience,
-        "train.pos_weight": pos_weight,
-        "train.seed": seed,
-        "train.precision": precision,
-        "train.accelerator": accelerator,
-        "train.devices": _devices(devices),
-        "train.num_nodes": num_nodes,
-        "train.num_workers": num_workers,
-        "augment.hflip": hflip,
-        "augment.rotation_deg": rotation,
-    }
+    given = locals()  # every flag, by its name in TRAIN_OPTIONS
+    overrides = {dotted: given[flag] for flag, dotted in TRAIN_OPTIONS.items()}
+    overrides["model.weights"] = str(weights) if weights is not None else None
+    overrides["train.devices"] = _devices(devices)
     resolved, model_name = resolve_config(run_dir, config, overrides, name, resume)
     result = train_model(run_dir, resolved, name=model_name, resume=resume, overwrite=overwrite)
 

@@ -1,0 +1,734 @@
+"""cxrlab's public Python API: one function per CLI command, with its names and defaults.
+
+    import cxrlab
+    data = cxrlab.synth("synthetic-nih", patients=120)          # or your NIH download
+    run = cxrlab.prepare(data.root, "runs/first", image_size=64)
+    cxrlab.train(run, "simple_cnn", epochs=3)
+    ev = cxrlab.evaluate(run, "simple_cnn", bootstrap=200)
+    ev.table            # per-class metrics with patient-bootstrap 95% CIs (a DataFrame)
+    ev.figure("roc")    # the ROC curves the stage drew (a matplotlib Figure)
+
+Each function writes exactly the files of its CLI twin (`cxrlab prepare`, `cxrlab train`, ...)
+into the run directory and returns a small object that reads them back: `Run`, `Training`,
+`Evaluation`, `Comparison`, `Analysis`, `Explanation`. Keyword defaults are the config
+sections' (`cxrlab.config`), read from them below rather than typed again, so the API, the
+CLI and a study YAML cannot disagree. Errors are `cxrlab.errors.CxrError` subclasses.
+
+`__all__` (repeated in `cxrlab.__all__`) is the public, stable API; every other module of the
+package is internal. Importing this module loads no torch: each function imports its stage
+when it is called.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cxrlab.config import (
+    TRAIN_OPTIONS,
+    Accelerator,
+    AnalyzeConfig,
+    DataConfig,
+    Device,
+    EvalSplit,
+    EvaluateConfig,
+    ExperimentConfig,
+    ExplainConfig,
+    Optimizer,
+    Precision,
+    Sampling,
+    Scaling,
+    Schedule,
+    Split,
+    SplitMethod,
+    Strategy,
+    StudyConfig,
+    SyntheticConfig,
+    ThresholdRule,
+    build,
+    experiment_default,
+)
+from cxrlab.rundir import RunDir, SplitDir
+
+__all__ = [
+    "synth",
+    "prepare",
+    "train",
+    "evaluate",
+    "compare",
+    "analyze",
+    "list_layers",
+    "explain",
+    "report",
+    "run_study",
+    "open_run",
+    "Run",
+    "Training",
+    "Evaluation",
+    "Comparison",
+    "Analysis",
+    "Explanation",
+]
+
+# The sections' defaults, read once; each keyword default below is one of their fields.
+_SYNTH, _DATA = SyntheticConfig(), DataConfig()
+_EVAL, _ANALYZE, _EXPLAIN = EvaluateConfig(), AnalyzeConfig(), ExplainConfig()
+
+
+def _d(dotted: str) -> Any:
+    return experiment_default(TRAIN_OPTIONS[dotted])
+
+
+def _section(schema, options: Mapping[str, Any], source: str, exclude: Sequence[str] = ()):
+    """`schema` built from the function arguments named like its fields (the others ignored)."""
+    names = set(schema.model_fields) - set(exclude)
+    fields = {k: _plain(v) for k, v in options.items() if k in names}
+    return build(schema, fields, source=source)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _root(run: Run | str | os.PathLike) -> Path:
+    return Path(os.fspath(run))
+
+
+# ---- reading results back -------------------------------------------------------------------
+def _png_figures(folder: Path, pattern: str = "*.png") -> dict[str, Path]:
+    """{stem: path} of the PNGs in `folder` (sorted; empty when it does not exist)."""
+    return {p.stem: p for p in sorted(folder.glob(pattern))} if folder.is_dir() else {}
+
+
+def _show_png(path: Path, width: float = 10.0):
+    """A matplotlib Figure showing a PNG the stage wrote (no pyplot state is touched).
+
+    A notebook displays it as that PNG, byte for byte (`_repr_png_`), without redrawing."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import imread
+
+    class StageFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return png
+
+    png = Path(path).read_bytes()
+    image = imread(path)  # (H, W, 3|4)
+    height, wide = image.shape[:2]
+    fig = StageFigure(figsize=(width, width * height / wide))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image)
+    ax.set_axis_off()
+    return fig
+
+
+class _Figures:
+    """Mixin: `.figures` ({name: PNG path}) and `.figure(name)` (a matplotlib Figure)."""
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        raise NotImplementedError
+
+    def figure(self, name: str):
+        """The figure `name` (a key of `.figures`) as a matplotlib Figure."""
+        from cxrlab.errors import CxrError
+
+        found = self.figures
+        if name not in found:
+            raise CxrError(f"no figure {name!r} here; available: {', '.join(found) or 'none'}")
+        return _show_png(found[name])
+
+
+def _read_json(path: Path) -> dict:
+    from cxrlab.runinfo import read_json
+
+    return read_json(path)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A prepared run directory. Every stage after prepare takes one (or its path)."""
+
+    path: Path
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    @property
+    def paths(self) -> RunDir:
+        """Every file of the run directory, by name (`cxrlab.rundir.RunDir`)."""
+        return RunDir(self.path)
+
+    @property
+    def cohort(self):
+        """data/cohort.csv: one row per image (id, patient, split, 0/1 per target, metadata)."""
+        from cxrlab.data.rundata import read_cohort
+
+        return read_cohort(self.paths.cohort)
+
+    @property
+    def summary(self) -> dict:
+        """data/split_summary.json: counts and prevalence per split, patient overlap, hash."""
+        return _read_json(self.paths.split_summary)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.summary["targets"])
+
+    @property
+    def patient_overlap(self) -> int:
+        """Patients found in more than one split: the leakage check (prepare fails unless 0)."""
+        return int(self.summary["patient_overlap"])
+
+    @property
+    def splits(self):
+        """One row per split: images, patients and each target's prevalence (a DataFrame)."""
+        import pandas as pd
+
+        rows = {
+            name: {"images": part["images"], "patients": part["patients"], **part["prevalence"]}
+            for name, part in self.summary["splits"].items()
+        }
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
+
+    @property
+    def models(self) -> list[str]:
+        """Names of the trained models (folders under models/ with a best checkpoint)."""
+        return self.paths.trained_models()
+
+    @property
+    def stages(self):
+        """stages.json of `run_study` as a DataFrame (key, status, seconds per stage)."""
+        import pandas as pd
+
+        ledger = _read_json(self.paths.stages) if self.paths.stages.is_file() else {}
+        return pd.DataFrame.from_dict(ledger, orient="index").rename_axis("stage")
+
+    def training(self, name: str) -> Training:
+        return Training(self.paths.trained_model(name).path)
+
+    def evaluation(self, name: str, split: EvalSplit = _EVAL.split) -> Evaluation:
+        return Evaluation(self.paths.evaluation(name, split).path)
+
+    def comparison(self, split: EvalSplit = _EVAL.split) -> Comparison:
+        return Comparison(self.paths.comparison(split))
+
+    def analysis(self, name: str) -> Analysis:
+        return Analysis(self.paths.analysis(name))
+
+    def explanation(self, name: str) -> Explanation:
+        return Explanation(self.paths.explanation(name))
+
+
+@dataclass(frozen=True)
+class Training:
+    """models/<name>: checkpoints, resolved config and one metrics row per epoch."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def info(self) -> dict:
+        """run.json: best epoch and val macro AUROC, versions, seed, trainer settings."""
+        from cxrlab.rundir import ModelDir
+
+        return _read_json(ModelDir(self.path).run_json)
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.info.get("best_epoch")
+
+    @property
+    def best_val_auroc(self) -> float | None:
+        return self.info.get("best_val_auroc_macro")
+
+    @property
+    def history(self):
+        """metrics.csv: losses, val AUROC per class and macro, lr, seconds, per epoch."""
+        import pandas as pd
+
+        from cxrlab.rundir import ModelDir
+
+        return pd.read_csv(ModelDir(self.path).metrics_csv)
+
+    def figure(self, name: str = "training"):
+        """The training curves (losses, val AUROC per epoch), drawn as the report draws them."""
+        import tempfile
+
+        from cxrlab.errors import CxrError
+        from cxrlab.evaluate.figures import plot_training_curves
+        from cxrlab.rundir import ModelDir
+
+        if name != "training":
+            raise CxrError(f"no figure {name!r} here; available: training")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_training_curves(ModelDir(self.path).metrics_csv, tmp)[0]
+            return _show_png(png)
+
+
+@dataclass(frozen=True)
+class Evaluation(_Figures):
+    """reports/<name>/<split>: predictions, metrics with CIs, tables and figures."""
+
+    path: Path
+
+    @cached_property
+    def result(self) -> dict:
+        """metrics.json: metrics, patient-bootstrap CIs, thresholds, calibration, subgroups."""
+        return _read_json(SplitDir(self.path).metrics)
+
+    @property
+    def metrics(self) -> dict:
+        return self.result["metrics"]
+
+    @property
+    def table(self):
+        """Per class, then macro and micro: AUROC, AP (beside prevalence), F1, ... with CIs."""
+        from cxrlab.evaluate.tables import per_class_table
+
+        return per_class_table(self.metrics, self.result["ci"])
+
+    @property
+    def baseline(self):
+        """Hamming and exact-match accuracy beside the all-negative predictor's."""
+        from cxrlab.evaluate.tables import multilabel_table
+
+        return multilabel_table(self.metrics, self.result["ci"])
+
+    @property
+    def predictions(self):
+        """predictions.csv: one row per image, true labels and probabilities."""
+        import pandas as pd
+
+        return pd.read_csv(SplitDir(self.path).predictions, dtype={"Image Index": str})
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        """roc, pr, confusion, reliability, training."""
+        return _png_figures(SplitDir(self.path).figures)
+
+
+@dataclass(frozen=True)
+class Comparison(_Figures):
+    """reports/compare/<split>: every evaluated model side by side, paired tests."""
+
+    path: Path
+
+    @cached_property
+    def summary(self) -> dict:
+        return _read_json(self.path / "comparison.json")
+
+    @property
+    def table(self):
+        """AUROC [95% CI] per model (rows) and class (columns, then macro)."""
+        import pandas as pd
+
+        from cxrlab.evaluate.tables import format_ci
+
+        rows = {
+            name: {k: format_ci(v["estimate"], v["low"], v["high"]) for k, v in row.items()}
+            for name, row in self.summary["auroc"].items()
+        }
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+
+    @property
+    def pairs(self) -> dict:
+        """{"a vs b": paired bootstrap table of ΔAUROC per class and macro}."""
+        from cxrlab.evaluate.tables import paired_table
+
+        return {k: paired_table(v["paired_bootstrap"]) for k, v in self.summary["pairs"].items()}
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        """roc, pr, reliability and auroc_bars, every model on one axes per class."""
+        return _png_figures(SplitDir(self.path).figures)
+
+
+@dataclass(frozen=True)
+class Analysis(_Figures):
+    """analysis/<name>: PCA, K-Means and whether clusters follow pathology or metadata."""
+
+    path: Path
+
+    @cached_property
+    def result(self) -> dict:
+        return _read_json(self.path / "analysis.json")
+
+    @property
+    def summary(self) -> str:
+        """summary.md: the answer in words, every claim with its number."""
+        return (self.path / "summary.md").read_text()
+
+    def _repr_markdown_(self) -> str:  # a notebook shows the summary
+        return self.summary
+
+    @property
+    def strongest(self) -> dict:
+        """The attribute (a pathology or a metadata field) that best explains the clusters."""
+        return self.result["strongest_explanation"]
+
+    @property
+    def confounds(self):
+        """Clusters against pathology (label set, each target) and metadata (view, sex, age
+        band, follow-up): Cramér's V, ARI, NMI per attribute, strongest first."""
+        import pandas as pd
+
+        return pd.DataFrame(self.result["confounds"])
+
+    @property
+    def probe(self):
+        """Cross-validated linear probe AUROC per layer and pathology."""
+        import pandas as pd
+
+        return pd.DataFrame(self.result["probe"])
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        """pca_variance, pca_scatter, pca_3d, k_selection, enrichment_heatmap, confounds."""
+        return _png_figures(SplitDir(self.path).figures)
+
+
+@dataclass(frozen=True)
+class Explanation(_Figures):
+    """reports/<name>/explain: Grad-CAM overlays and localization against the boxes."""
+
+    path: Path
+
+    @cached_property
+    def result(self) -> dict:
+        return _read_json(self.path / "localization.json")
+
+    @property
+    def localization(self):
+        """Per pathology: n, pointing-game hit rate beside random and centre points, IoU."""
+        import pandas as pd
+
+        per = self.result["per_pathology"]
+        return pd.DataFrame.from_dict(per, orient="index").rename_axis("pathology")
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.result.get("notes", []))
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        """{pathology: contact sheet of its true/false positives and missed positives}."""
+        return {
+            stem.removesuffix("_gallery"): path
+            for stem, path in _png_figures(self.path, "*_gallery.png").items()
+        }
+
+
+# ---- the stages -------------------------------------------------------------------------------
+def synth(
+    out: str | os.PathLike,
+    *,
+    patients: int = _SYNTH.patients,
+    seed: int = _SYNTH.seed,
+    image_size: int = _SYNTH.image_size,
+    workers: int = 1,
+    overwrite: bool = False,
+):
+    """Write a synthetic data set in the exact NIH layout to `out` (`cxrlab synth`).
+
+    Chest-like images with drawn, boxed signs of seven findings; the same seed gives the
+    same bytes. Returns a `SynthInfo` (`.root` is the data root to `prepare`, `.images`,
+    `.label_counts`, ...).
+    """
+    from cxrlab.synth import write_synthetic_dataset
+
+    options = _section(SyntheticConfig, locals(), "synth options")
+    return write_synthetic_dataset(
+        out,
+        patients=options.patients,
+        seed=options.seed,
+        image_size=options.image_size,
+        workers=workers,
+        overwrite=overwrite,
+    )
+
+
+def prepare(
+    data_root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    pathologies: Sequence[str] | str = tuple(_DATA.pathologies),
+    n_images: int | None = _DATA.n_images,
+    one_per_patient: bool = _DATA.one_per_patient,
+    sampling: Sampling = _DATA.sampling,
+    min_positives: int = _DATA.min_positives,
+    views: Sequence[str] | None = _DATA.views,
+    age_min: int | None = _DATA.age_min,
+    age_max: int | None = _DATA.age_max,
+    split: SplitMethod = _DATA.split,
+    val: float = _DATA.val,
+    test: float = _DATA.test,
+    image_size: int = _DATA.image_size,
+    drop_missing: bool = _DATA.drop_missing,
+    workers: int = _DATA.workers,
+    seed: int = _DATA.seed,
+    progress: bool = True,
+) -> Run:
+    """Select a cohort by patient, split it (with the leakage check) and cache the images
+    into `out/data` (`cxrlab prepare`). Safe to re-run: the cache resumes.
+
+    pathologies: 1-14 NIH findings (a list, "a,b" or "all"), in column order.
+    sampling: natural (the data set's prevalence) or enriched (`min_positives` per target).
+    split: patient (stratified by patient, `val`/`test` shares of patients) or official
+        (the NIH test list; `val` carved by patient from train_val).
+    image_size: the cached square side in px; workers: processes decoding images.
+    """
+    from cxrlab.data.prepare import prepare as prepare_stage
+
+    arguments = {**locals(), "data_root": os.fspath(data_root)}
+    options = _section(DataConfig, arguments, "prepare options")
+    prepare_stage(options, out, progress=progress)
+    return Run(Path(out))
+
+
+def train(
+    run: Run | str | os.PathLike,
+    model: str = _d("model"),
+    *,
+    pretrained: bool = _d("pretrained"),
+    weights: str | os.PathLike | None = _d("weights"),
+    model_kwargs: Mapping[str, Any] | None = None,
+    strategy: Strategy = _d("strategy"),
+    freeze_epochs: int = _d("freeze_epochs"),
+    epochs: int = _d("epochs"),
+    batch_size: int = _d("batch_size"),
+    lr: float = _d("lr"),
+    optimizer: Optimizer = _d("optimizer"),
+    schedule: Schedule = _d("schedule"),
+    patience: int = _d("patience"),
+    pos_weight: bool = _d("pos_weight"),
+    seed: int = _d("seed"),
+    precision: Precision = _d("precision"),
+    accelerator: Accelerator = _d("accelerator"),
+    devices: int | str = _d("devices"),
+    num_nodes: int = _d("num_nodes"),
+    num_workers: int = _d("num_workers"),
+    hflip: bool = _d("hflip"),
+    rotation: float = _d("rotation"),
+    config: str | os.PathLike | ExperimentConfig | Mapping[str, Any] | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Training:
+    """Train one multi-label classifier on the run's train split, validating on val
+    (`cxrlab train`); writes models/<name> (default name: the model's).
+
+    model: simple_cnn or a timm name (resnet18, efficientnet_lite0, densenet121, ...);
+        `model_kwargs` go to its constructor (SimpleCNN: base_width, depth, convs_per_block).
+    strategy: full, freeze-then-unfreeze (head only for `freeze_epochs`) or linear-probe.
+    precision/accelerator/devices/num_nodes: where to train; devices > 1 trains with DDP.
+    config: a YAML experiment file (as `--config`), a mapping or an `ExperimentConfig`;
+        keyword options that differ from their default override it (an option left at
+        its default keeps the file's value). With `resume` and no config, the saved
+        config.yaml is the base.
+    """
+    from cxrlab.train.engine import resolve_config, train_model
+
+    given = locals()
+    overrides = {
+        dotted: _override(given[flag], experiment_default(dotted))
+        for flag, dotted in TRAIN_OPTIONS.items()
+    }
+    if weights is not None:
+        overrides["model.weights"] = os.fspath(weights)
+    if model_kwargs is not None:
+        overrides["model.kwargs"] = dict(model_kwargs)
+    root = _root(run)
+    if config is None or isinstance(config, (str, os.PathLike)):
+        resolved, folder = resolve_config(root, config, overrides, name, resume)
+    else:
+        resolved, folder = _experiment(config, overrides, name)
+    train_model(root, resolved, folder, resume, overwrite=overwrite, progress_bar=progress)
+    return Training(RunDir(root).model(folder).path)
+
+
+def _override(value: Any, default: Any) -> Any:
+    """None (= not given, keep the base config's value) where `value` is the default."""
+    return None if value == default else value
+
+
+def _experiment(config, overrides: dict[str, Any], name: str | None):
+    from cxrlab.config import merge_overrides
+    from cxrlab.rundir import check_folder_name
+
+    base = config.model_dump() if isinstance(config, ExperimentConfig) else dict(config)
+    resolved = build(ExperimentConfig, merge_overrides(base, overrides), source="train config")
+    return resolved, check_folder_name(name or resolved.model.name)
+
+
+def evaluate(
+    run: Run | str | os.PathLike,
+    model: str,
+    *,
+    split: EvalSplit = _EVAL.split,
+    data_root: str | os.PathLike | None = None,
+    threshold: ThresholdRule = _EVAL.threshold,
+    target_sensitivity: float = _EVAL.target_sensitivity,
+    bootstrap: int = _EVAL.bootstrap,
+    seed: int = _EVAL.seed,
+    temperature: bool = _EVAL.temperature,
+    drop_missing: bool = _EVAL.drop_missing,
+    figures: bool = _EVAL.figures,
+    age_edges: Sequence[int] = tuple(_EVAL.age_edges),
+    device: Device = _EVAL.device,
+    batch_size: int = _EVAL.batch_size,
+    progress: bool = True,
+) -> Evaluation:
+    """Predict, choose thresholds on val only, and compute metrics with patient-bootstrap
+    95% CIs beside trivial baselines (`cxrlab evaluate`; `target_sensitivity` is its
+    `--sensitivity`).
+
+    split: test, or val (optimistic: its thresholds were chosen on it).
+    data_root: evaluate every image of another NIH-layout data set instead (external set).
+    threshold: max_f1, youden or fixed_sensitivity (at `target_sensitivity`).
+    device: auto (a GPU when there is one), cpu, cuda or mps; batch_size per forward pass.
+    """
+    from cxrlab.evaluate.workflow import evaluate_model
+
+    options = _section(EvaluateConfig, locals(), "evaluate options")
+    root = _root(run)
+    evaluate_model(root, model, options, data_root=data_root, progress=progress)
+    paths = RunDir(root)
+    where = paths.external(model, data_root) if data_root else paths.evaluation(model, split)
+    return Evaluation(where.path)
+
+
+def compare(
+    run: Run | str | os.PathLike,
+    *,
+    split: EvalSplit = _EVAL.split,
+    models: Sequence[str] | None = None,
+    bootstrap: int = _EVAL.bootstrap,
+    seed: int = _EVAL.seed,
+) -> Comparison:
+    """Every evaluated model (or `models`) on the same images: AUROC with CIs, DeLong and a
+    paired bootstrap over patients for each pair (`cxrlab compare`)."""
+    from cxrlab.evaluate.compare import compare_models
+
+    root = _root(run)
+    names = list(models) if models else None
+    compare_models(root, split, names, n_boot=bootstrap, seed=seed)
+    return Comparison(RunDir(root).comparison(split))
+
+
+def analyze(
+    run: Run | str | os.PathLike,
+    model: str,
+    *,
+    layers: Sequence[str] = tuple(_ANALYZE.layers),
+    split: Split = _ANALYZE.split,
+    scaling: Scaling = _ANALYZE.scaling,
+    k: int | None = _ANALYZE.k,
+    k_min: int = _ANALYZE.k_min,
+    k_max: int = _ANALYZE.k_max,
+    n_components: int = _ANALYZE.n_components,
+    seed: int | None = _ANALYZE.seed,
+    device: Device = _ANALYZE.device,
+    batch_size: int = _ANALYZE.batch_size,
+    progress: bool = True,
+) -> Analysis:
+    """Pooled activations of `layers` on `split` → PCA, K-Means (k by silhouette unless
+    given), cluster-vs-pathology and cluster-vs-metadata statistics, a linear probe per
+    layer (`cxrlab analyze`). `list_layers(run, model)` names the layers; seed None is 0.
+
+    scaling: before PCA, none (keeps the features' own geometry), standard or robust.
+    """
+    from cxrlab.analysis.workflow import analyze_model
+
+    # AnalyzeConfig.model names the study's model to analyse; here it is the `model` argument
+    options = _section(AnalyzeConfig, locals(), "analyze options", exclude=("model",))
+    root = _root(run)
+    analyze_model(root, model, options, progress=progress)
+    return Analysis(RunDir(root).analysis(model))
+
+
+def list_layers(run: Run | str | os.PathLike, model: str) -> list[str]:
+    """Layer names `analyze` accepts for a trained model (`cxrlab analyze --list-layers`)."""
+    from cxrlab.analysis.workflow import model_layers
+
+    return model_layers(_root(run), model)
+
+
+def explain(
+    run: Run | str | os.PathLike,
+    model: str,
+    *,
+    images: Sequence[str] | None = None,
+    split: Split = _EXPLAIN.split,
+    per_group: int = _EXPLAIN.per_group,
+    tolerance: float = _EXPLAIN.tolerance,
+    cam_threshold: float = _EXPLAIN.cam_threshold,
+    device: Device = _EXPLAIN.device,
+    batch_size: int = _EXPLAIN.batch_size,
+    progress: bool = True,
+) -> Explanation:
+    """Grad-CAM per image and pathology, scored against the radiologists' boxes (pointing
+    game, IoU, beside random and centre baselines) (`cxrlab explain`).
+
+    images: Image Index values to explain for every target (into explain/images/), instead
+        of the split's gallery of top true/false positives and missed positives.
+    """
+    from cxrlab.explain.workflow import explain_model
+
+    options = _section(ExplainConfig, locals(), "explain options")
+    root = _root(run)
+    result = explain_model(root, model, options, images=images, progress=progress)
+    return Explanation(Path(result["out_dir"]))
+
+
+def report(
+    run: Run | str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    split: EvalSplit = "test",
+    embed_interactive: bool = False,
+) -> Path:
+    """Write the self-contained report.html (default RUN_DIR/report.html) and return its
+    path (`cxrlab report`). Sections whose stage has not run say so."""
+    from cxrlab.report.build import build_report
+
+    return build_report(_root(run), out, split=split, embed_interactive=embed_interactive)
+
+
+def run_study(
+    config: str | os.PathLike | StudyConfig | Mapping[str, Any],
+    out: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Run:
+    """The whole study of a YAML file (`cxrlab run CONFIG --out OUT`): prepare → train each
+    model → evaluate → compare → analyze → explain → report. Re-runnable: unchanged stages
+    are skipped (`Run.stages` says which ran). No data root: the built-in synthetic data."""
+    from cxrlab.config import load_study, merge_overrides
+    from cxrlab.pipeline import run_study as run_pipeline
+
+    overrides = {"data.data_root": os.fspath(data_root) if data_root else None}
+    overrides["data.workers"] = workers
+    if isinstance(config, (str, os.PathLike)):
+        study = load_study(config, overrides)
+    else:
+        base = config.model_dump() if isinstance(config, StudyConfig) else dict(config)
+        study = build(StudyConfig, merge_overrides(base, overrides), source="study config")
+    run_pipeline(study, out, progress=progress)
+    return Run(Path(out))
+
+
+def open_run(path: str | os.PathLike) -> Run:
+    """The prepared run directory at `path` (e.g. after restarting a notebook's kernel)."""
+    paths = RunDir(path)
+    paths.require_prepared()
+    return Run(paths.root)
