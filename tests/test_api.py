@@ -33,6 +33,7 @@ from cxrlab.config import (
     EvaluateConfig,
     ExperimentConfig,
     ExplainConfig,
+    PredictConfig,
     SyntheticConfig,
     experiment_default,
 )
@@ -53,6 +54,8 @@ TWINS = {
     "report": ("report", None, {}),
     "run_study": ("run", None, {}),
     "train": ("train", None, {}),
+    "export": ("export", None, {}),
+    "predict": ("predict", PredictConfig, {}),
 }
 #: Section fields a stage function leaves out, with the reason.
 NOT_ARGUMENTS = {
@@ -61,6 +64,7 @@ NOT_ARGUMENTS = {
     "explain": {"enabled", "models"},  # study-level
     # compare takes only the bootstrap options of EvaluateConfig; the others are evaluate's
     "compare": set(EvaluateConfig.model_fields) - {"split", "bootstrap", "seed"},
+    "predict": {"threads"},  # a process-wide torch setting: the CLI's, not a library call's
 }
 
 
@@ -285,6 +289,22 @@ def test_evaluate_compare_analyze_explain_report_write_the_same_files(twins):
         _same_bytes(a, b, relative)
     local = [json.loads((d / "reports/m/explain/localization.json").read_text()) for d in (a, b)]
     assert local[0]["per_pathology"] == local[1]["per_pathology"]
+
+
+def test_export_and_predict_give_what_the_commands_give(twins, tmp_path):
+    run, images = twins["api"] / "run", twins["api"] / "data" / "images"
+    _cli("export", run, "--model", "m", "--out", tmp_path / "cli_export")
+    folder = cxrlab.export(run, "m", tmp_path / "api_export")
+    assert _files(tmp_path / "cli_export") == _files(folder)
+    cards = [json.loads((d / "model.json").read_text()) for d in (tmp_path / "cli_export", folder)]
+    for card in cards:
+        card.pop("exported", None)  # a timestamp
+    assert cards[0] == cards[1]
+    pngs = sorted(images.glob("*.png"))[:5]
+    _cli("predict", *pngs, "--model", folder, "--out", tmp_path / "cli.csv", "--no-progress")
+    frame = cxrlab.predict(folder, pngs, tmp_path / "api.csv", progress=False)
+    assert len(frame) == 5 and not frame["error"].astype(bool).any()
+    assert (tmp_path / "cli.csv").read_bytes() == (tmp_path / "api.csv").read_bytes()
 
 
 # ---- what the results show -------------------------------------------------------------------

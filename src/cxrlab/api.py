@@ -40,6 +40,8 @@ from cxrlab.config import (
     ExplainConfig,
     Optimizer,
     Precision,
+    PredictConfig,
+    Runtime,
     Sampling,
     Scaling,
     Schedule,
@@ -65,6 +67,8 @@ __all__ = [
     "explain",
     "report",
     "run_study",
+    "export",
+    "predict",
     "open_run",
     "Run",
     "Training",
@@ -77,6 +81,7 @@ __all__ = [
 # The sections' defaults, read once; each keyword default below is one of their fields.
 _SYNTH, _DATA = SyntheticConfig(), DataConfig()
 _EVAL, _ANALYZE, _EXPLAIN = EvaluateConfig(), AnalyzeConfig(), ExplainConfig()
+_PREDICT = PredictConfig()
 
 
 def _d(dotted: str) -> Any:
@@ -725,6 +730,53 @@ def run_study(
         study = build(StudyConfig, merge_overrides(base, overrides), source="study config")
     run_pipeline(study, out, progress=progress)
     return Run(Path(out))
+
+
+def export(
+    run: Run | str | os.PathLike,
+    model: str,
+    out: str | os.PathLike,
+    *,
+    onnx: bool = False,
+    default_thresholds: bool = _PREDICT.default_thresholds,
+) -> Path:
+    """Write a trained model as a self-sufficient folder (`cxrlab export`): weights
+    (safetensors), `model.json` (targets, image size, normalisation, validation thresholds
+    and their rule, temperature, test metrics with CIs, provenance, intended use) and, with
+    `onnx=True`, `model.onnx`. Returns the folder; `predict` and `cxrlab serve` accept it."""
+    from cxrlab.predict.bundle import export_model
+
+    export_model(_root(run), model, out, onnx=onnx, default_thresholds=default_thresholds)
+    return Path(out)
+
+
+def predict(
+    model: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike = _PREDICT.out,
+    *,
+    cam: str | os.PathLike | None = None,
+    runtime: Runtime = _PREDICT.runtime,
+    device: Device = _PREDICT.device,
+    batch_size: int = _PREDICT.batch_size,
+    default_thresholds: bool = _PREDICT.default_thresholds,
+    progress: bool = True,
+):
+    """Probabilities and findings for new images (`cxrlab predict`): `model` is an exported
+    folder or RUN_DIR/models/NAME; `inputs` files, folders or globs (PNG, JPEG, DICOM,
+    NIfTI), preprocessed exactly as training did. Returns the table (a DataFrame: one row
+    per image, `p_<finding>` and `finding_<finding>` columns, `error` for unreadable files)
+    and writes it to `out`; `cam` writes Grad-CAM overlays of the positive findings."""
+    from cxrlab.predict.bundle import load_bundle
+    from cxrlab.predict.workflow import predict_files
+
+    predictor = load_bundle(
+        model, runtime=runtime, device=device, default_thresholds=default_thresholds
+    )
+    result = predict_files(
+        predictor, list(inputs), out, cam_dir=cam, batch_size=batch_size, progress=progress
+    )
+    return result.frame
 
 
 def open_run(path: str | os.PathLike) -> Run:

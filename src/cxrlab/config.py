@@ -312,6 +312,7 @@ class ExplainConfig(_Section):
 class PredictConfig(_Section):
     """`cxrlab predict` and the model that `cxrlab serve` runs."""
 
+    out: str = "cxrlab_predictions.csv"  # the CSV predict writes (one row per input)
     runtime: Runtime = "torch"
     device: Device = "auto"
     batch_size: int = Field(16, ge=1)  # images per forward pass

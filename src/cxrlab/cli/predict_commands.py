@@ -46,7 +46,7 @@ def export_command(
 def predict_command(
     inputs: list[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     model: Path = typer.Option(..., "--model", help=MODEL_HELP),
-    out: Path = typer.Option(Path("cxrlab_predictions.csv"), "--out", help="CSV to write."),
+    out: Path = from_config(PredictConfig, "out", "--out", help="CSV to write."),
     cam: Path = typer.Option(
         None, "--cam", help="Folder for Grad-CAM overlays of every positive finding."
     ),
