@@ -330,15 +330,32 @@ class _AurocOnly:
 
 
 def bootstrap_auroc(
-    y, p, patient_ids: Sequence, targets=None, n_boot: int = 1000, seed: int = 0, level=0.95
+    y,
+    p,
+    patient_ids: Sequence,
+    targets=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level=0.95,
+    macro_classes: Sequence[str] | None = None,
 ) -> dict:
-    """Patient-bootstrap CI of per-class and macro AUROC only (e.g. for subgroups)."""
+    """Patient-bootstrap CI of per-class and macro AUROC only (e.g. for subgroups).
+
+    The macro averages `macro_classes` (default: the classes defined on these images)."""
     y, p, targets = check_arrays(y, p, targets)
     resampler = _resampler(patient_ids, y.shape[0], level)
     evaluator = _AurocOnly(y, [p])
     point = evaluator(np.ones((1, y.shape[0])))["auroc_0"]
     boot = _run(evaluator, resampler, n_boot, seed, width=1)["auroc_0"]
     keep = ~np.isnan(point[0])
+    if macro_classes is not None:
+        unknown = sorted(set(macro_classes) - set(targets))
+        if unknown or not keep[[targets.index(t) for t in macro_classes]].all():
+            raise EvaluationError(
+                f"macro classes {list(macro_classes)} must be targets with a defined AUROC here"
+                f" (unknown: {unknown})"
+            )
+        keep = np.isin(np.asarray(targets), list(macro_classes))
     return {
         **_header(resampler, n_boot, seed, level),
         "per_class": {t: summarize(point[0, k], boot[:, k], level) for k, t in enumerate(targets)},
