@@ -24,15 +24,11 @@ from cxrlab.evaluate.figures import (
     plot_roc_curves,
 )
 from cxrlab.evaluate.metrics import Predictions, check_same_run, read_predictions
-from cxrlab.evaluate.tables import format_ci, paired_table, save_table
+from cxrlab.evaluate.tables import DELONG_COLUMN, format_ci, paired_table, save_table
 from cxrlab.rundir import RunDir, SplitDir
 from cxrlab.runinfo import read_json, write_json
 
 log = logging.getLogger(__name__)
-
-#: DeLong's variance treats every image as independent; with several images per patient it
-#: is too small (on the demo its SEs were 1-17% below the patient-bootstrap SDs).
-DELONG_COLUMN = "DeLong p (assumes independent images)"
 
 
 def evaluated_models(run_dir: str | Path, split: str = "test") -> list[str]:

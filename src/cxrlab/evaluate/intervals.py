@@ -42,8 +42,9 @@ def stability(**counts: int) -> str | None:
 def design_effect(hits: np.ndarray, clusters: np.ndarray) -> float:
     """Kish design effect of a proportion of `hits` (0/1 per image) over patient `clusters`.
 
-    Ratio-estimator (linearisation) variance over patients divided by the binomial one;
-    1 when there is one patient, or the proportion is 0 or 1 (no variance either way)."""
+    Ratio-estimator (linearisation) variance over patients divided by the one that treats
+    images as independent; 1 for one image per patient, one patient, or a proportion of 0
+    or 1 (no variance either way); never below 1 (clustering is not allowed to narrow)."""
     m = hits.size
     p = hits.mean()
     codes, _ = pd.factorize(clusters)
@@ -52,9 +53,10 @@ def design_effect(hits: np.ndarray, clusters: np.ndarray) -> float:
         return 1.0
     a = np.bincount(codes, weights=hits.astype(float))  # hits per patient
     size = np.bincount(codes).astype(float)  # images per patient
+    # Both variances with their own small-sample factor, so one image per patient gives 1.
     var_cluster = n_c / (n_c - 1) * np.sum((a - p * size) ** 2) / m**2
-    var_binomial = p * (1 - p) / m
-    return float(max(1.0, var_cluster / var_binomial))
+    var_images = m / (m - 1) * np.sum((hits - p) ** 2) / m**2
+    return float(max(1.0, var_cluster / var_images))
 
 
 def proportion_ci(
@@ -73,6 +75,7 @@ def proportion_ci(
     p = float(hits.mean())
     n_eff = n / deff
     low, high = proportion_confint(p * n_eff, n_eff, alpha=1 - level, method="wilson")
+    low, high = min(float(low), p), max(float(high), p)  # 6/6 gives 0.999...: keep p inside
     method = "wilson" if clusters is None else "wilson, patient design effect"
     return {
         **out,

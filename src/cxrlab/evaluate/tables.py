@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 UNDEFINED = "undefined"
+#: DeLong's variance treats every image as independent; with several images per patient it
+#: is too small (on the demo its SEs were 1-17% below the patient-bootstrap SDs).
+DELONG_COLUMN = "DeLong p (assumes independent images)"
 
 
 def format_value(value, digits: int = 3, reason: str | None = None) -> str:

@@ -103,11 +103,12 @@ def evaluate_model(
 def choose_for(val: Predictions, options: EvaluateConfig, scaler=None) -> dict:
     """Thresholds chosen on the validation probabilities that will be compared with them:
     temperature-scaled when `scaler` is given, else the model's own. Each entry records which
-    (`probabilities`), so a threshold is never applied on another scale than it was chosen."""
+    (`probabilities`, absent = raw), so a threshold is never applied on another scale."""
     p = val.p if scaler is None else scaler.transform(val.p)
     chosen = choose_thresholds(val.y, p, val.targets, options.threshold, options.target_sensitivity)
-    scale = "raw" if scaler is None else _scale(scaler)
-    return {t: {**entry, "probabilities": scale} for t, entry in chosen.items()}
+    if scaler is None:
+        return chosen  # no "probabilities" key: the model's own outputs
+    return {t: {**entry, "probabilities": _scale(scaler)} for t, entry in chosen.items()}
 
 
 def _predict_split(trained, data, split: str, sidecar: dict, options, progress) -> SplitDir:
@@ -143,6 +144,7 @@ def evaluate_predictions(
     path = Path(path)
     out_dir = path.parent
     preds = read_predictions(path)
+    thresholds_on = _thresholds_on(thresholds, scaler)  # refuses a scale mismatch first
     p = preds.p
     if scaler is not None:
         p = scaler.transform(p)
@@ -176,7 +178,7 @@ def evaluate_predictions(
         "temperature": getattr(scaler, "temperature_", None),
         "split": out_dir.name,  # test, val, or external-<dir>
         "notes": [VAL_NOTE] if out_dir.name == "val" else [],
-        "thresholds_on": _thresholds_on(thresholds, scaler),
+        "thresholds_on": thresholds_on,
     }
     write_json(SplitDir(out_dir).metrics, result)
     _tables(result, out_dir)
@@ -188,8 +190,7 @@ def evaluate_predictions(
 def _thresholds_on(thresholds: dict, scaler: TemperatureScaler | None) -> str:
     """Which validation probabilities the thresholds were chosen on; refuses a mismatch
     between temperature-scaled test probabilities and thresholds chosen on raw ones."""
-    scales = {e.get("probabilities") for e in thresholds.values() if isinstance(e, dict)}
-    scales.discard(None)
+    scales = {e.get("probabilities", "raw") for e in thresholds.values() if isinstance(e, dict)}
     expected = "raw" if scaler is None else _scale(scaler)
     if scales and scales != {expected}:
         raise EvaluationError(
