@@ -150,7 +150,9 @@ def paired_table(paired: Mapping, digits: int = 3) -> pd.DataFrame:
                 "class": name,
                 "AUROC A": format_value(entry["auroc_a"], digits),
                 "AUROC B": format_value(entry["auroc_b"], digits),
-                "ΔAUROC (A - B)": with_note(delta, entry.get("unstable")),
+                "ΔAUROC (A - B)": with_note(
+                    delta, entry.get("unstable") if entry["delta"] is not None else None
+                ),
                 "p": format_p(entry["p_value"], entry.get("p_at_floor", False), n_boot),
                 "p (Holm)": "— (one test)" if name == "macro" else format_p(entry.get("p_holm")),
                 "verdict": _pair_verdict(entry.get("verdict")),

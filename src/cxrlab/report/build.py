@@ -44,7 +44,8 @@ FIGURE_CAPTIONS = {
     "roc": "ROC curves per class (diagonal = chance)",
     "pr": "Precision-recall curves per class (dashed = prevalence, the chance level)",
     "confusion": "Confusion matrices at the thresholds chosen on validation",
-    "reliability": "Reliability diagrams (calibration; diagonal = perfectly calibrated)",
+    "reliability": "Reliability diagrams (calibration; diagonal = perfectly calibrated; the"
+    " number at each point is its bin's image count)",
     "auroc_bars": "AUROC per class with 95% CI, all models",
     "training": "Training curves: losses and validation AUROC per epoch",
     "pca_variance": "PCA explained variance",
