@@ -106,12 +106,16 @@ def test_baseline_verdict_has_three_outcomes_on_hand_cases():
     ids = np.arange(40)
     good = y.astype(float) * 0.9 + 0.05  # every positive found, nothing else
     bad = np.full((40, 2), 0.9)  # everything predicted positive
-    assert bootstrap_ci(y, good, ids, 0.5, n_boot=200)["vs_all_negative"]["hamming_accuracy"][
-        "verdict"
-    ] == "better"
-    assert bootstrap_ci(y, bad, ids, 0.5, n_boot=200)["vs_all_negative"]["hamming_accuracy"][
-        "verdict"
-    ] == "worse"
+    assert (
+        bootstrap_ci(y, good, ids, 0.5, n_boot=200)["vs_all_negative"]["hamming_accuracy"][
+            "verdict"
+        ]
+        == "better"
+    )
+    assert (
+        bootstrap_ci(y, bad, ids, 0.5, n_boot=200)["vs_all_negative"]["hamming_accuracy"]["verdict"]
+        == "worse"
+    )
     assert verdict_from_ci(-0.01, 0.02) == "not shown" and verdict_from_ci(None, 1) is None
 
 

@@ -2,8 +2,9 @@
 
 For each pair of models: a paired bootstrap over patients of ΔAUROC per class and macro,
 which decides the verdicts (Holm across classes), and DeLong's test per class beside it,
-labelled with its assumption (images independent; several images per patient break it). Figures put all models on one axes per class, with one colour
-per model throughout (`figures.model_colors`).
+labelled with its assumption (images independent; several images per patient break it).
+Figures put all models on one axes per class, with one colour per model throughout
+(`figures.model_colors`).
 """
 
 from __future__ import annotations

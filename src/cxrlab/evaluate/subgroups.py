@@ -135,7 +135,13 @@ def _one_group(
     defined_here = [t for k, t in enumerate(targets) if 0 < y[:, k].sum() < y.shape[0]]
     macro_classes = common if set(common) <= set(defined_here) else []
     ci = bootstrap_auroc(
-        y, p, patient_ids, targets, n_boot=n_boot, seed=seed, level=level,
+        y,
+        p,
+        patient_ids,
+        targets,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
         macro_classes=macro_classes,
     )
     per_class = {}
