@@ -723,3 +723,28 @@ def test_headless_chromium_loads_every_image_without_console_messages(full_repor
     assert 'data-images="26"' in body
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
+
+
+def test_verdict_section_states_its_rule_and_the_baseline_its_ci(full_report):
+    """Issue 10: every conclusion with its interval and what it rests on."""
+    _, text = full_report
+    rule = re.search(r'id="verdict-rule">(.*?)</p>', text, re.S).group(1)
+    assert "Holm" in rule and "2/(B+1)" in rule and "assumes every image is independent" in rule
+    table = parse(text, "baseline-table").rows
+    assert table[0][3] == "difference [95% CI]" and table[0][4] == "beats it?"
+    for row in table[1:]:
+        assert row[4] in ("better", "worse", "not shown")
+        assert re.fullmatch(r"[+-]\d\.\d{3}\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", row[3])
+
+
+def test_report_on_val_says_its_thresholds_were_chosen_there(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    for name in MODELS:
+        folder = run / "reports" / name
+        result = json.loads((folder / "test" / "metrics.json").read_text())
+        result["split"] = "val"
+        (folder / "val" / "metrics.json").write_text(json.dumps(result))
+    val_text = build_report(run, split="val").read_text()
+    assert 'id="val-warning"' in val_text and "optimistic" in val_text
+    assert 'id="val-warning"' not in build_report(run, tmp_path / "test.html").read_text()
