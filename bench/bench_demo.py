@@ -10,8 +10,15 @@ macro AUROC with its bootstrap CI, so a slow-down can be weighed against what it
     .venv/bin/python bench/bench_demo.py                 # fresh temporary run directory
     .venv/bin/python bench/bench_demo.py --out /tmp/demo-bench --keep
     .venv/bin/python bench/bench_demo.py --config my-small-study.yaml
+    .venv/bin/python bench/bench_demo.py --write-readme      # README's demo numbers, fresh
+    .venv/bin/python bench/bench_demo.py --numbers-from RUN_DIR --write-readme
 
 The run directory must be new (or empty): a finished one would skip every stage.
+
+`--write-readme` writes the demo's numbers (`demo_numbers`) to docs/demo_numbers.json and
+replaces the block between the `demo-numbers` markers in README.md with `readme_block` of
+them: the README's demo figures are generated from a run, never typed by hand, and
+tests/test_readme.py checks the README against the JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+NUMBERS = REPO / "docs" / "demo_numbers.json"
+BEGIN, END = "<!-- demo-numbers:begin -->", "<!-- demo-numbers:end -->"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="Study YAML for `cxrlab run` instead of demo.")
     parser.add_argument("--keep", action="store_true", help="Keep a temporary run directory.")
     parser.add_argument("--timeout", type=int, default=3600, help="Seconds before giving up.")
+    parser.add_argument("--numbers-from", type=Path, help="Read a finished run; run nothing.")
+    parser.add_argument(
+        "--write-readme", action="store_true", help="Write the run's numbers into README.md."
+    )
     return parser.parse_args(argv)
 
 
@@ -94,6 +110,133 @@ def auroc_lines(run_dir: Path) -> list[str]:
     return lines
 
 
+def _json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _ci(entry: dict) -> list:
+    return [
+        round(entry[k], 3) if entry.get(k) is not None else None
+        for k in ("estimate", "low", "high")
+    ]
+
+
+def demo_numbers(run_dir: Path) -> dict:
+    """The figures the README quotes, read from a finished demo run's files."""
+    run_dir = Path(run_dir)
+    out: dict = {"models": {}, "comparison": None, "analysis": None, "explain": {}}
+    for metrics_path in sorted(run_dir.glob("reports/*/test/metrics.json")):
+        result = json.loads(metrics_path.read_text())
+        gains = result["ci"].get("vs_all_negative", {})
+        row = {"macro_auroc": _ci(result["ci"]["macro"]["auroc"])}
+        for key, g in gains.items():
+            values = dict(zip(("estimate", "low", "high"), _ci(g), strict=True))
+            row[f"{key}_vs_all_negative"] = {**values, "verdict": g.get("verdict")}
+        out["models"][result["model"]] = row
+    comparison = _json(run_dir / "reports" / "compare" / "test" / "comparison.json")
+    if comparison and comparison["pairs"]:
+        pair = next(iter(comparison["pairs"].values()))
+        boot = pair["paired_bootstrap"]
+        out["comparison"] = {
+            "a": pair["a"],
+            "b": pair["b"],
+            "n_boot": boot["n_boot"],
+            "macro_delta": _ci({"estimate": boot["macro"]["delta"], **boot["macro"]}),
+            "macro_verdict": boot["macro"].get("verdict"),
+            "per_class_verdicts": {t: e.get("verdict") for t, e in boot["per_class"].items()},
+        }
+    for path in sorted(run_dir.glob("analysis/*/analysis.json")):
+        a = json.loads(path.read_text())
+        e, best = a["embedding"], a["strongest_explanation"]
+        probes = [p["auroc_mean"] for p in a["probe"] if p.get("auroc_mean") is not None]
+        out["analysis"] = {
+            "model": path.parent.name,
+            "k": e["k"],
+            "silhouette": round(e["silhouette"][e["k_values"].index(e["k"])], 3),
+            "ari": round(a["single_label"]["agreement"]["ari"], 3),
+            "pathology_v": round(best["best_pathology"]["cramers_v"], 3),
+            "metadata_v": round(best["best_metadata"]["cramers_v"], 3),
+            "metadata_attribute": best["best_metadata"]["attribute"],
+            "probe_range": [round(min(probes), 3), round(max(probes), 3)] if probes else None,
+        }
+    for path in sorted(run_dir.glob("reports/*/explain/localization.json")):
+        effusion = (json.loads(path.read_text()).get("per_pathology") or {}).get("Effusion")
+        if effusion and effusion.get("hit_rate") is not None:
+            out["explain"][path.parents[1].name] = {
+                "effusion_hit_rate": round(effusion["hit_rate"], 2),
+                "random_point": round(effusion["random_point_hit_rate"], 2),
+            }
+    return out
+
+
+def _fmt_ci(values: list, signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    est, low, high = values
+    return f.format(est) if low is None else f"{f.format(est)} [{f.format(low)}, {f.format(high)}]"
+
+
+def readme_block(numbers: dict) -> str:
+    """The README's demo figures, as Markdown, from `demo_numbers` output."""
+    intro = (
+        "Numbers from that run (written by `bench/bench_demo.py --write-readme`; 95% CIs from"
+        " the bootstrap over patients):"
+    )
+    lines = [BEGIN, "", intro, ""]
+    for name, m in numbers["models"].items():
+        gains = []
+        for key, label in (
+            ("hamming_accuracy", "Hamming accuracy"),
+            ("exact_match", "exact match"),
+        ):
+            g = m.get(f"{key}_vs_all_negative") or {}
+            ci = _fmt_ci([g.get("estimate"), g.get("low"), g.get("high")], signed=True)
+            gains.append(f"{label} {ci} (**{g.get('verdict')}**)")
+        lines.append(
+            f"- {name}: test macro AUROC {_fmt_ci(m['macro_auroc'])}; minus the all-negative "
+            f"predictor's: {', '.join(gains)}."
+        )
+    c = numbers.get("comparison")
+    if c:
+        per_class = ", ".join(f"{t} {v}" for t, v in c["per_class_verdicts"].items())
+        lines.append(
+            f"- {c['a']} vs {c['b']} ({c['n_boot']} paired resamples): macro ΔAUROC "
+            f"{_fmt_ci(c['macro_delta'], True)}, **{c['macro_verdict']}**; per class "
+            f"(Holm-adjusted): {per_class}."
+        )
+    a = numbers.get("analysis")
+    if a:
+        probe = ""
+        if a["probe_range"]:
+            low, high = a["probe_range"]
+            probe = (
+                f"; a linear probe separates each finding with AUROC {low:.3f}–{high:.3f}"
+                " (mean over repeated patient-grouped CV)"
+            )
+        lines.append(
+            f"- analyze ({a['model']}): k = {a['k']} by silhouette ({a['silhouette']:.3f}), ARI "
+            f"{a['ari']:.3f} against single-label images, Cramér's V {a['pathology_v']:.3f} for "
+            f"pathology against at most {a['metadata_v']:.3f} for any metadata attribute "
+            f"({a['metadata_attribute']}){probe}."
+        )
+    for name, e in numbers.get("explain", {}).items():
+        lines.append(
+            f"- explain ({name}, Effusion): pointing-game hit rate {e['effusion_hit_rate']:.2f} "
+            f"against {e['random_point']:.2f} for a random point."
+        )
+    return "\n".join([*lines, "", END])
+
+
+def write_readme(numbers: dict, readme: Path = README, numbers_path: Path = NUMBERS) -> None:
+    """Write `numbers` to docs/demo_numbers.json and their block into the README."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} block to replace")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(head + readme_block(numbers) + tail)
+    numbers_path.write_text(json.dumps(numbers, indent=2, ensure_ascii=False) + "\n")
+
+
 def machine() -> str:
     import torch
 
@@ -107,6 +250,13 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.numbers_from is not None:
+        numbers = demo_numbers(args.numbers_from)
+        print(json.dumps(numbers, indent=2, ensure_ascii=False))
+        if args.write_readme:
+            write_readme(numbers)
+            print(f"wrote {NUMBERS} and the demo block of {README}")
+        return 0
     temporary = args.out is None
     out = Path(tempfile.mkdtemp(prefix="cxrlab-demo-bench-")) / "run" if temporary else args.out
     if out.exists() and any(out.iterdir()):
@@ -126,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(stage_table(stages, wall)))
     print("by kind: " + ", ".join(f"{k} {v:.1f} s" for k, v in group_totals(stages).items()))
     print("\n".join(auroc_lines(out)))
+    if args.write_readme:
+        write_readme(demo_numbers(out))
+        print(f"wrote {NUMBERS} and the demo block of {README}")
     if temporary and not args.keep:
         shutil.rmtree(out.parent, ignore_errors=True)
     else:

@@ -218,7 +218,7 @@ def test_probe_high_on_separable_and_chance_on_random():
     X = rng.normal(size=(300, 20))
     X[:, 0] += 3 * y
     good = probe_target(X, y, random_state=0)
-    assert good["auroc_mean"] > 0.95 and len(good["fold_aurocs"]) == 5
+    assert good["auroc_mean"] > 0.95 and len(good["fold_aurocs"]) == 5 * good["n_repeats"]
     rand = probe_target(X, rng.permutation(y), random_state=0)
     assert abs(rand["auroc_mean"] - 0.5) < 0.1
 
@@ -403,3 +403,39 @@ def test_run_analysis_on_real_dev_images(nih_dev, tmp_path):
     assert {"view", "sex", "age_band", "follow_up_band"} <= attrs
     assert {p["target"] for p in result["probe"]} == set(DEFAULT_TARGETS)
     assert json.loads((tmp_path / "analysis.json").read_text())["embedding"]["n_samples"] == 1108
+
+
+def test_chi_square_p_is_replaced_by_a_permutation_p_where_the_approximation_fails():
+    """Issue 10, finding 7: a 23-category table with most expected counts < 5 must not print
+    an asymptotic p such as 1.6e-14."""
+    from scipy.stats import chi2_contingency
+
+    from cxrlab.analysis.correspondence import N_PERMUTATIONS, cramers_v
+
+    rng = np.random.default_rng(0)
+    clusters = np.repeat([0, 1], 72)
+    attribute = np.where(clusters == 0, rng.integers(0, 4, 144), rng.integers(3, 23, 144))
+    out = cramers_v(clusters, attribute)
+    assert out["p_method"].startswith("permutation") and "expected counts < 5" in out["p_method"]
+    assert out["p_value"] >= 1 / (N_PERMUTATIONS + 1)
+    table = pd.crosstab(clusters, attribute).values
+    assert chi2_contingency(table, correction=False)[1] < 1e-10  # what used to be printed
+    big = cramers_v(np.repeat([0, 1], 200), np.tile([0, 1], 200))  # 4 cells of 100
+    assert big["p_method"] == "chi-square"
+
+
+def test_probe_is_repeated_and_independent_of_the_patient_id_dtype():
+    """Issue 10, finding 7: integer vs string patient IDs gave different folds (Infiltration
+    0.958 vs 0.886 on the demo); the sd must be over repeated fold assignments."""
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(1, 61), 2)  # 1..60: sorted as ints != sorted as strings
+    y = (rng.random(120) < 0.35).astype(int)
+    X = rng.normal(size=(120, 6))
+    X[:, 0] += 1.2 * y
+    as_int = probe_target(X, y, patients, random_state=0)
+    as_str = probe_target(X, y, patients.astype(str), random_state=0)
+    assert as_int["auroc_mean"] == as_str["auroc_mean"]
+    assert as_int["fold_aurocs"] == as_str["fold_aurocs"]
+    assert len(as_int["repeat_aurocs"]) == as_int["n_repeats"] == 5
+    assert as_int["auroc_mean"] == pytest.approx(np.mean(as_int["repeat_aurocs"]))
+    assert as_int["auroc_sd"] == pytest.approx(np.std(as_int["repeat_aurocs"], ddof=1))

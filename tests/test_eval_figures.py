@@ -13,6 +13,7 @@ import pytest
 from cxrlab.errors import EvaluationError
 from cxrlab.evaluate import figures
 from cxrlab.evaluate.bootstrap import bootstrap_ci, paired_bootstrap
+from cxrlab.evaluate.calibration import reliability
 from cxrlab.evaluate.metrics import compute_metrics
 from cxrlab.evaluate.subgroups import subgroup_auroc
 from cxrlab.evaluate.tables import (
@@ -161,7 +162,10 @@ def test_multilabel_table_puts_all_negative_beside_model():
     y = np.array([[0, 0], [0, 1], [1, 0], [0, 0]])
     p = np.array([[0.2, 0.1], [0.3, 0.4], [0.7, 0.2], [0.6, 0.1]])
     table = multilabel_table(compute_metrics(y, p, targets=["A", "B"]))
-    assert table.loc["Hamming accuracy"].tolist() == ["0.750", "0.750", "+0.000", "0.750"]
+    # without a bootstrap there is no CI of the difference, so no verdict is claimed
+    assert table.loc["Hamming accuracy"].tolist() == [
+        "0.750", "0.750", "+0.000", "untested (no CI)", "0.750"
+    ]  # fmt: skip
     assert table.loc["exact match", "all-negative predictor"] == "0.500"
 
 
@@ -185,3 +189,14 @@ def test_other_tables_and_markdown(toy, tmp_path):
         pd.read_csv(csv_path, index_col=0).loc["Effusion", "TP"] == m["per_class"]["Effusion"]["tp"]
     )
     assert md_path.read_text().startswith("| class | n_pos | prevalence | AUROC |")
+
+
+def test_reliability_points_carry_their_bin_counts(tmp_path):
+    """Issue 10, finding 7: per-bin counts on the reliability diagrams."""
+    y = np.array([[0], [0], [1], [1], [1]])
+    p = np.array([[0.05], [0.08], [0.55], [0.9], [0.95]])
+    data = reliability(y[:, 0], p[:, 0], 10)
+    assert [n for _, _, n in figures.bin_points(data)] == [2, 1, 2]
+    figures.plot_reliability(y, {"m": p}, ["T"], tmp_path)
+    svg = (tmp_path / "reliability.svg").read_text()
+    assert svg.count('id="bin-count-m-T-') == 3

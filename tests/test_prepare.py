@@ -205,3 +205,21 @@ def test_official_split_on_dev_puts_official_test_list_in_test(nih_dev: Path, tm
     assert summary["patient_overlap"] == 0 and summary["splits"]["val"]["images"] > 0
     assert result.n_boxes == len(boxes) == 41  # every dev box belongs to a dev image
     assert set(boxes["Image Index"]) <= test_ids  # NIH boxes are all on official-test images
+
+
+def test_boxes_of_a_non_square_image_follow_its_real_size_and_padding(tmp_path: Path):
+    """Issue 10, finding 7: a fixed 1024 x 1024 frame is wrong for a non-square source."""
+    from PIL import Image
+
+    from cxrlab.data.cache import box_to_cache_coords
+    from cxrlab.data.prepare import box_frame
+
+    wide = tmp_path / "wide.png"
+    Image.new("L", (512, 256)).save(wide)  # padded to 512 x 512: 128 px of black above
+    square = tmp_path / "square.png"
+    Image.new("L", (256, 256)).save(square)  # NIH/synth: boxes in the 1024 frame
+    assert box_frame(wide) == (1024, 512) and box_frame(square) == (1024, 1024)
+    whole = box_to_cache_coords(0, 0, 1024, 512, *box_frame(wide))
+    np.testing.assert_allclose(whole, (0, 0.25, 1, 0.75))
+    np.testing.assert_allclose(box_to_cache_coords(0, 0, 512, 512, *box_frame(square)),
+                               (0, 0, 0.5, 0.5))  # fmt: skip

@@ -447,8 +447,10 @@ def test_summary_names_the_best_model_per_class_with_verdicts(full_run, full_rep
         rows["Atelectasis"][1] == "simple_cnn" and "better than resnet18" in rows["Atelectasis"][7]
     )
     assert rows["Effusion"][1] == "resnet18" and "better than simple_cnn" in rows["Effusion"][7]
-    assert "not distinguishable" in rows["Pneumothorax"][7]  # identical predictions
-    assert "p = 1.000" in rows["Pneumothorax"][7]
+    # identical predictions: no difference shown, with what that rests on
+    assert "no difference from simple_cnn shown" in rows["Pneumothorax"][7]
+    assert "Holm-adjusted p = 1.000" in rows["Pneumothorax"][7]
+    assert "DeLong p = 1.000, assumes independent images" in rows["Pneumothorax"][7]
     macro = {}
     for name in MODELS:
         frame = pd.read_csv(full_run / "reports" / name / "test" / "predictions.csv")
@@ -468,7 +470,8 @@ def test_baseline_beside_all_negative_is_computed_on_the_same_images(full_run, f
     hamming_all_negative = 1 - y.mean()
     exact_all_negative = (y.sum(axis=1) == 0).mean()
     callout = re.search(r'id="baseline">(.*?)</div>\s*</div>', text, re.S).group(1)
-    assert "88.8%" in callout and "65.5%" in callout  # the published cautionary example
+    # the uncited "published study" figures are gone (issue 10, finding 6)
+    assert "88.8%" not in callout and "81.9%" not in callout
     assert f"{100 * hamming_all_negative:.1f}%" in callout
     assert f"{100 * exact_all_negative:.1f}%" in callout
 
@@ -631,13 +634,15 @@ def test_cooccurrence_and_demographics_from_cohort_csv(tmp_path):
     assert collect_cohort(tmp_path / "none") is None
 
 
-def test_verdicts_flip_the_pair_and_need_every_test_significant():
+def test_verdicts_flip_the_pair_and_rest_on_the_holm_adjusted_bootstrap_only():
+    entry = {"delta": -0.1, "low": -0.15, "high": -0.05, "p_value": 0.01, "p_holm": 0.03}
     pair = {
         "a": "x",
         "b": "y",
         "delong": {"T": {"p_value": 0.2}},
         "paired_bootstrap": {
-            "per_class": {"T": {"delta": -0.1, "low": -0.15, "high": -0.05, "p_value": 0.01}},
+            "n_boot": 2000,
+            "per_class": {"T": {**entry, "verdict": "worse"}},
             "macro": {},
         },
     }
@@ -645,7 +650,10 @@ def test_verdicts_flip_the_pair_and_need_every_test_significant():
     result = verdicts.paired_result(*found, "T")
     assert (result["delta"], result["low"], result["high"]) == (0.1, 0.05, 0.15)
     kind, words = verdicts.verdict("y", "x", result, overlap=False)
-    assert kind == "borderline" and "DeLong p = 0.200" in words
+    # DeLong disagrees but decides nothing; the words say what the verdict rests on
+    assert kind == "better" and "Holm-adjusted p = 0.030" in words
+    assert "ΔAUROC +0.100 [+0.050, +0.150]" in words
+    assert "DeLong p = 0.200, assumes independent images" in words
     assert verdicts.verdict("y", None, None, None)[0] == "single"
     assert verdicts.verdict("y", "x", None, True)[1].startswith("95% CIs overlap")
 
@@ -715,3 +723,28 @@ def test_headless_chromium_loads_every_image_without_console_messages(full_repor
     assert 'data-images="26"' in body
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
+
+
+def test_verdict_section_states_its_rule_and_the_baseline_its_ci(full_report):
+    """Issue 10: every conclusion with its interval and what it rests on."""
+    _, text = full_report
+    rule = re.search(r'id="verdict-rule">(.*?)</p>', text, re.S).group(1)
+    assert "Holm" in rule and "2/(B+1)" in rule and "assumes every image is independent" in rule
+    table = parse(text, "baseline-table").rows
+    assert table[0][3] == "difference [95% CI]" and table[0][4] == "beats it?"
+    for row in table[1:]:
+        assert row[4] in ("better", "worse", "not shown")
+        assert re.fullmatch(r"[+-]\d\.\d{3}\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", row[3])
+
+
+def test_report_on_val_says_its_thresholds_were_chosen_there(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    for name in MODELS:
+        folder = run / "reports" / name
+        result = json.loads((folder / "test" / "metrics.json").read_text())
+        result["split"] = "val"
+        (folder / "val" / "metrics.json").write_text(json.dumps(result))
+    val_text = build_report(run, split="val").read_text()
+    assert 'id="val-warning"' in val_text and "optimistic" in val_text
+    assert 'id="val-warning"' not in build_report(run, tmp_path / "test.html").read_text()

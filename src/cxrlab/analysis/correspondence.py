@@ -140,7 +140,8 @@ def cramers_v(clusters, attribute) -> dict:
             "p_value": float("nan"),
             "dof": 0,
         }
-    chi2, p, dof, _ = chi2_contingency(table, correction=False)
+    chi2, p, dof, expected = chi2_contingency(table, correction=False)
+    p, p_method = _chi2_p(clusters, attribute, p, expected)
     phi2 = chi2 / n
     raw = np.sqrt(phi2 / (min(r, k) - 1))
     # Bergsma (2013): subtract the chance expectation of phi^2 and shrink r, k accordingly.
@@ -153,8 +154,40 @@ def cramers_v(clusters, attribute) -> dict:
         "cramers_v_raw": float(raw),
         "chi2": float(chi2),
         "p_value": float(p),
+        "p_method": p_method,
         "dof": int(dof),
     }
+
+
+#: Cochran's rule: the chi-square approximation needs every expected count >= 1 and at most
+#: 20% of them below 5; otherwise the p-value comes from permutations of the attribute.
+N_PERMUTATIONS = 1999
+
+
+def _chi2_p(clusters, attribute, p_asymptotic: float, expected: np.ndarray) -> tuple:
+    small = float(np.mean(expected < 5))
+    if expected.min() >= 1 and small <= 0.2:
+        return float(p_asymptotic), "chi-square"
+    p = permutation_chi2_p(clusters, attribute, N_PERMUTATIONS)
+    why = f"{small:.0%} of expected counts < 5"
+    return p, f"permutation ({N_PERMUTATIONS} shuffles; chi-square invalid: {why})"
+
+
+def permutation_chi2_p(clusters, attribute, n_permutations: int, seed: int = 0) -> float:
+    """Monte Carlo permutation p of the chi-square statistic: shuffle `attribute` against
+    `clusters` (fixed margins), p = (1 + #{chi2* >= chi2}) / (1 + n_permutations)."""
+    rows, row_codes = np.unique(np.asarray(clusters), return_inverse=True)
+    cols, col_codes = np.unique(np.asarray(attribute).astype(str), return_inverse=True)
+    r, k, n = len(rows), len(cols), len(row_codes)
+    expected = np.outer(np.bincount(row_codes), np.bincount(col_codes)) / n  # same every time
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permuted(np.tile(col_codes, (n_permutations + 1, 1)), axis=1)
+    shuffled[0] = col_codes  # row 0 is the observed table
+    flat = (np.arange(n_permutations + 1)[:, None] * r * k + row_codes * k + shuffled).ravel()
+    counts = np.bincount(flat, minlength=(n_permutations + 1) * r * k)
+    counts = counts.reshape(n_permutations + 1, r, k)
+    stat = ((counts - expected) ** 2 / expected).sum(axis=(1, 2))
+    return float((1 + np.sum(stat[1:] >= stat[0] - 1e-9)) / (1 + n_permutations))
 
 
 def association(clusters, attribute) -> dict:

@@ -158,7 +158,9 @@ def _write_tables(out_dir: Path, meta, ca: ClusterAnalysis, tables: dict, probes
     tables["prevalence"].to_csv(out_dir / "prevalence.csv")
     tables["enrichment"].to_csv(out_dir / "enrichment.csv", index=False)
     tables["confounds"].to_csv(out_dir / "confounds.csv", index=False)
-    probes.drop(columns="fold_aurocs").to_csv(out_dir / "probe.csv", index=False)
+    probes.drop(columns=["fold_aurocs", "repeat_aurocs"], errors="ignore").to_csv(
+        out_dir / "probe.csv", index=False
+    )
 
 
 def _panels(meta, Y, targets, labels) -> dict[str, np.ndarray]:
@@ -364,12 +366,17 @@ def _md_agreement(s: dict) -> str:
     )
 
 
+def _perm(row: dict) -> str:
+    """Mark a permutation p (the chi-square approximation failed for this table)."""
+    return " (permutation)" if str(row.get("p_method", "")).startswith("permutation") else ""
+
+
 def _md_confounds(rows: list[dict], best: dict) -> str:
     table = ["| attribute | kind | images | Cramér's V | ARI | NMI | p |", "|---" * 7 + "|"]
     for r in rows:
         table.append(
             f"| {r['attribute']} | {r['kind']} | {r['n']} | {_fmt(r['cramers_v'])} | "
-            f"{_fmt(r['ari'])} | {_fmt(r['nmi'])} | {_fmt(r['p_value'], '.2g')} |"
+            f"{_fmt(r['ari'])} | {_fmt(r['nmi'])} | {_fmt(r['p_value'], '.2g')}{_perm(r)} |"
         )
     bp, bm = best.get("best_pathology"), best.get("best_metadata")
     if bm is None or bp is None:
@@ -401,19 +408,22 @@ def _md_confounds(rows: list[dict], best: dict) -> str:
 
 def _md_probe(rows: list[dict], grouped: bool) -> str:
     cv = "patient-grouped stratified" if grouped else "stratified"
-    table = ["| layer | target | AUROC (mean ± sd) | folds | positives |", "|---|---|---|---|---|"]
+    header = "| layer | target | AUROC (mean ± sd over repeats) | folds used | positives |"
+    table = [header, "|---|---|---|---|---|"]
     for r in rows:
+        sd = "—" if r.get("auroc_sd") is None else f"{r['auroc_sd']:.3f}"
         auc = (
-            f"{r['auroc_mean']:.3f} ± {r['auroc_sd']:.3f}"
+            f"{r['auroc_mean']:.3f} ± {sd}"
             if r["auroc_mean"] is not None
             else f"undefined: {r['reason']}"
         )
-        table.append(
-            f"| {r['layer']} | {r['target']} | {auc} | {r['n_folds_used']} | {r['n_positive']} |"
-        )
+        folds = f"{r['n_folds_used']} of {r['n_splits'] * r.get('n_repeats', 1)}"
+        table.append(f"| {r['layer']} | {r['target']} | {auc} | {folds} | {r['n_positive']} |")
+    repeats = rows[0].get("n_repeats", 1) if rows else ""
     return (
         f"## Linear probes\n\nLogistic regression on standardised features, {cv} "
-        f"{rows[0]['n_splits'] if rows else ''}-fold cross-validation (0.5 = chance).\n\n"
+        f"{rows[0]['n_splits'] if rows else ''}-fold cross-validation repeated {repeats} times "
+        "with different fold assignments; mean and sd over the repeats (0.5 = chance).\n\n"
         + "\n".join(table)
         + "\n"
     )

@@ -140,6 +140,16 @@ def to_u8(unit: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) in pixels: from the header for PNG/JPEG, else by decoding."""
+    path = Path(path)
+    if _kind_of(path) == "pil":
+        with Image.open(path) as image:  # reads the header only
+            return image.size
+    height, width = read_grey(path).shape[:2]
+    return width, height
+
+
 def square_offsets(width: int, height: int) -> tuple[int, int, int]:
     """(side, left, top): the square that holds a width x height image, and where the image
     sits in it. The image is centred; an odd remainder goes to the right/bottom padding."""

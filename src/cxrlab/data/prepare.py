@@ -17,6 +17,7 @@ from cxrlab.config import DataConfig
 from cxrlab.data.cache import CacheInfo, box_to_cache_coords, build_cache
 from cxrlab.data.cohort import cooccurrence, label_counts, select_cohort
 from cxrlab.data.discovery import resolve_images
+from cxrlab.data.imaging import image_size
 from cxrlab.data.metadata import (
     MetadataFiles,
     find_metadata_files,
@@ -33,7 +34,8 @@ from cxrlab.runinfo import package_versions, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
-#: NIH PNGs are 1024 x 1024 and BBox_List_2017 coordinates are in that frame.
+#: NIH PNGs are 1024 x 1024 and BBox_List_2017 coordinates are in that frame; a non-square
+#: image's boxes are taken in its own aspect ratio with this long side (`box_frame`).
 BOX_FRAME = 1024
 META_COLUMNS = ("Finding Labels", "age", "sex", "view", "follow_up")
 
@@ -138,20 +140,32 @@ def cohort_table(cohort: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
 
 
 def _write_boxes(files: MetadataFiles, cohort: pd.DataFrame, size: int, path: Path) -> int:
-    """Boxes of cohort images, in the 1024 NIH frame and normalised to the cached square."""
+    """Boxes of cohort images, in the NIH frame and normalised to the cached square."""
     columns = [IMAGE_INDEX, "label", "x", "y", "w", "h", "x0", "y0", "x1", "y1"]
     boxes = pd.DataFrame(columns=columns)
     if files.bbox_list is not None:
         found = read_bbox_list(files.bbox_list)
         boxes = found[found[IMAGE_INDEX].isin(set(cohort[IMAGE_INDEX]))].copy()
-        coords = [
-            box_to_cache_coords(r.x, r.y, r.w, r.h, BOX_FRAME, BOX_FRAME)
-            for r in boxes.itertuples(index=False)
-        ]
+        source = dict(zip(cohort[IMAGE_INDEX], cohort["_path"], strict=True))
+        frames = {name: box_frame(source[name]) for name in boxes[IMAGE_INDEX].unique()}
+        rows = boxes[[IMAGE_INDEX, "x", "y", "w", "h"]].itertuples(index=False, name=None)
+        coords = [box_to_cache_coords(x, y, w, h, *frames[name]) for name, x, y, w, h in rows]
         boxes[["x0", "y0", "x1", "y1"]] = np.asarray(coords, dtype=float).reshape(-1, 4)
     write_atomic(path, boxes[columns].to_csv(index=False))
     log.info("%d radiologist boxes on cohort images (cache size %d)", len(boxes), size)
     return len(boxes)
+
+
+def box_frame(image_path: str | Path) -> tuple[float, float]:
+    """(width, height) of the frame a box of this image is given in: the image's own aspect
+    ratio, long side `BOX_FRAME` (NIH boxes are in the 1024-px PNG frame, and `cxrlab
+    synth` keeps that frame at any PNG size). For NIH's square PNGs this is 1024 x 1024;
+    for a non-square image the cache's pad-to-square offset then moves the box with it.
+    Not `OriginalImage[Width,Height]` of Data_Entry: that is the size before NIH resized
+    the image to its PNG, not the frame the boxes are in."""
+    width, height = image_size(image_path)
+    scale = BOX_FRAME / max(width, height)
+    return width * scale, height * scale
 
 
 def _provenance(options: DataConfig, files: MetadataFiles, n_missing: int) -> dict:

@@ -8,7 +8,9 @@ modules. Modules:
   micro, Hamming/exact match beside the all-negative predictor, undefined = None + reason)
 - `thresholds`: per-class thresholds chosen on validation (`max_f1`, `youden`,
   `fixed_sensitivity`), saved as `thresholds.json`
-- `bootstrap`: patient-level bootstrap CIs, `paired_bootstrap` model comparison
+- `bootstrap`: patient-level bootstrap CIs, `paired_bootstrap` model comparison (Holm
+  across classes), the difference from the all-negative predictor, three-way verdicts
+- `intervals`: clustered Wilson intervals, `unstable` marks (< 10), Holm, `verdict_from_ci`
 - `delong`: DeLong's test and AUROC variance (Sun & Xu midrank algorithm)
 - `calibration`: ECE, reliability data, `TemperatureScaler`
 - `subgroups`: AUROC with CI by sex, age band and view position

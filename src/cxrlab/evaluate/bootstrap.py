@@ -7,9 +7,17 @@ weights exactly as scikit-learn would compute it on the materialised resample (d
 images are tied scores, so AUROC/AP with weights == AUROC/AP on the repeated rows). That
 turns B resamples into a few (B, N) matrix operations per class instead of B sklearn calls.
 
-Intervals are percentile intervals. A resample in which a metric is undefined (e.g. a class
-drew no positives) is skipped *for that metric* and counted in `n_skipped`. Randomness comes
-only from `np.random.default_rng(seed)`; results do not depend on the chunk size.
+Intervals are percentile intervals, except for the proportions (sensitivity, specificity,
+precision): a percentile interval of 6 of 6 predicted positives is [1, 1], so those get a
+Wilson interval widened by the patient design effect (`intervals.proportion_ci`). A resample
+in which a metric is undefined (e.g. a class drew no positives) is skipped *for that metric*
+and counted in `n_skipped`. Estimates resting on fewer than `MIN_STABLE` positives or
+negatives carry an `unstable` note. Randomness comes only from `np.random.default_rng(seed)`;
+results do not depend on the chunk size.
+
+Verdicts (`better` / `worse` / `not shown`) come from the CI of a *difference*: the model
+minus the all-negative predictor (Hamming, exact match) in `bootstrap_ci`, model A minus
+model B in `paired_bootstrap`, whose per-class p-values are Holm-adjusted across classes.
 """
 
 from __future__ import annotations
@@ -21,6 +29,13 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.errors import EvaluationError
+from cxrlab.evaluate.intervals import (
+    NOT_SHOWN,
+    holm,
+    proportion_ci,
+    stability,
+    verdict_from_ci,
+)
 from cxrlab.evaluate.metrics import check_arrays, resolve_thresholds
 
 log = logging.getLogger(__name__)
@@ -28,6 +43,7 @@ log = logging.getLogger(__name__)
 #: Elements of one (chunk, N*K) block: 32 MB of float64 (fastest of 8, 32, 128 MB measured).
 _CHUNK_ELEMENTS = 4_000_000
 THRESHOLD_METRICS = ("f1", "sensitivity", "specificity", "precision")
+ALPHA = 0.05  # two-sided level of every verdict
 
 
 class PatientResampler:
@@ -138,6 +154,10 @@ def _rates(weights: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> dict[str, n
     fp, fn = pred - tp, pos - tp
     tn = total[:, None] - tp - fp - fn
     correct = (y == y_hat).astype(np.float64)
+    # Per image: cells the model gets right minus cells "predict nothing" gets right, and
+    # exact match of the model minus that of predicting nothing; both are paired per image.
+    cells_gained = correct.sum(axis=1) - (1 - y).sum(axis=1)
+    exact_gained = correct.all(axis=1).astype(np.float64) - (y.sum(axis=1) == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {
             "sensitivity": tp / pos,
@@ -146,6 +166,8 @@ def _rates(weights: np.ndarray, y: np.ndarray, y_hat: np.ndarray) -> dict[str, n
             "f1": 2 * tp / (2 * tp + fp + fn),
             "hamming_accuracy": (weights @ correct.sum(axis=1)) / (total * y.shape[1]),
             "exact_match": (weights @ correct.all(axis=1).astype(np.float64)) / total,
+            "hamming_accuracy_gain": (weights @ cells_gained) / (total * y.shape[1]),
+            "exact_match_gain": (weights @ exact_gained) / total,
         }
     return out
 
@@ -205,18 +227,22 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict:
-    """Patient-bootstrap CIs of per-class AUROC, AP, F1, sensitivity, specificity, precision;
-    macro AUROC/AP/F1; micro AUROC; Hamming accuracy and exact match.
+    """Patient-bootstrap CIs of per-class AUROC, AP, F1; clustered Wilson intervals of
+    sensitivity, specificity, precision; macro AUROC/AP/F1; micro AUROC; Hamming accuracy and
+    exact match, and their differences from the all-negative predictor with a verdict.
 
-    Each entry is `{"estimate", "low", "high", "n_valid", "n_skipped"}`.
+    Bootstrap entries are `{"estimate", "low", "high", "n_valid", "n_skipped"}` (per class
+    also the counts and `unstable`); proportions `{"estimate", "low", "high", "n",
+    "method", "design_effect", "unstable"}`; `vs_all_negative` entries add `"verdict"`.
     """
     y, p, targets = check_arrays(y, p, targets)
     resampler = _resampler(patient_ids, y.shape[0], level)
-    evaluator = _Evaluator(y, p, resolve_thresholds(thresholds, targets))
+    thr = resolve_thresholds(thresholds, targets)
+    evaluator = _Evaluator(y, p, thr)
     point = evaluator(np.ones((1, y.shape[0])))
     boot = _run(evaluator, resampler, n_boot, seed, width=y.shape[1])
     per_class = {
-        name: {m: summarize(point[m][0, k], boot[m][:, k], level) for m in _PER_CLASS}
+        name: _class_intervals(point, boot, k, y[:, k], p[:, k] >= thr[k], patient_ids, level)
         for k, name in enumerate(targets)
     }
     macro = {}
@@ -231,11 +257,43 @@ def bootstrap_ci(
         "macro": macro,
         "micro": {"auroc": summarize(point["micro_auroc"][0], boot["micro_auroc"], level)},
         "multilabel": multilabel,
+        "vs_all_negative": {
+            metric: _gain(point[f"{metric}_gain"][0], boot[f"{metric}_gain"], level)
+            for metric in _MULTILABEL
+        },
     }
 
 
-_PER_CLASS = ("auroc", "ap") + THRESHOLD_METRICS
+_PER_CLASS = ("auroc", "ap", "f1")
+_PROPORTIONS = ("sensitivity", "specificity", "precision")
 _MULTILABEL = ("hamming_accuracy", "exact_match")
+
+
+def _class_intervals(point, boot, k, y, y_hat, patient_ids, level) -> dict:
+    """One class: percentile intervals of AUROC, AP, F1; Wilson intervals of the
+    proportions, each over its own denominator; `unstable` notes on small counts."""
+    y, y_hat = y.astype(bool), np.asarray(y_hat, dtype=bool)
+    patients = np.asarray(patient_ids)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    out = {m: summarize(point[m][0, k], boot[m][:, k], level) for m in _PER_CLASS}
+    for m in ("auroc", "ap"):
+        out[m].update(n_pos=n_pos, n_neg=n_neg, unstable=stability(n_pos=n_pos, n_neg=n_neg))
+    out["f1"].update(n_pos=n_pos, unstable=stability(n_pos=n_pos))
+    denominators = {  # (images in the denominator, hit of each, unit shown)
+        "sensitivity": (y, y_hat[y], "n_pos"),
+        "specificity": (~y, ~y_hat[~y], "n_neg"),
+        "precision": (y_hat, y[y_hat], "n_pred"),
+    }
+    for m, (rows, hits, unit) in denominators.items():
+        out[m] = proportion_ci(hits, patients[rows], level, unit=unit)
+    return out
+
+
+def _gain(estimate: float, samples: np.ndarray, level: float) -> dict:
+    """Model minus all-negative predictor, with its CI and a three-way verdict."""
+    out = summarize(estimate, samples, level)
+    out["verdict"] = verdict_from_ci(out["low"], out["high"])
+    return out
 
 
 def _header(resampler: PatientResampler, n_boot: int, seed: int, level: float) -> dict:
@@ -272,15 +330,32 @@ class _AurocOnly:
 
 
 def bootstrap_auroc(
-    y, p, patient_ids: Sequence, targets=None, n_boot: int = 1000, seed: int = 0, level=0.95
+    y,
+    p,
+    patient_ids: Sequence,
+    targets=None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level=0.95,
+    macro_classes: Sequence[str] | None = None,
 ) -> dict:
-    """Patient-bootstrap CI of per-class and macro AUROC only (e.g. for subgroups)."""
+    """Patient-bootstrap CI of per-class and macro AUROC only (e.g. for subgroups).
+
+    The macro averages `macro_classes` (default: the classes defined on these images)."""
     y, p, targets = check_arrays(y, p, targets)
     resampler = _resampler(patient_ids, y.shape[0], level)
     evaluator = _AurocOnly(y, [p])
     point = evaluator(np.ones((1, y.shape[0])))["auroc_0"]
     boot = _run(evaluator, resampler, n_boot, seed, width=1)["auroc_0"]
     keep = ~np.isnan(point[0])
+    if macro_classes is not None:
+        unknown = sorted(set(macro_classes) - set(targets))
+        if unknown or not keep[[targets.index(t) for t in macro_classes]].all():
+            raise EvaluationError(
+                f"macro classes {list(macro_classes)} must be targets with a defined AUROC here"
+                f" (unknown: {unknown})"
+            )
+        keep = np.isin(np.asarray(targets), list(macro_classes))
     return {
         **_header(resampler, n_boot, seed, level),
         "per_class": {t: summarize(point[0, k], boot[:, k], level) for k, t in enumerate(targets)},
@@ -311,11 +386,39 @@ def paired_bootstrap(
         t: _delta(a[0, k], b[0, k], boot["auroc_0"][:, k] - boot["auroc_1"][:, k], level)
         for k, t in enumerate(targets)
     }
+    for k, t in enumerate(targets):
+        n_pos = int(y[:, k].sum())
+        n_neg = int(y.shape[0] - n_pos)
+        per_class[t].update(n_pos=n_pos, n_neg=n_neg, unstable=stability(n_pos=n_pos, n_neg=n_neg))
+    _holm_verdicts(per_class)
     keep = ~(np.isnan(a[0]) | np.isnan(b[0]))
     macro_boot = _macro(boot["auroc_0"], keep) - _macro(boot["auroc_1"], keep)
     macro = _delta(_macro(a, keep)[0], _macro(b, keep)[0], macro_boot, level)
     macro["classes"] = [t for t, k in zip(targets, keep, strict=True) if k]
-    return {**_header(resampler, n_boot, seed, level), "per_class": per_class, "macro": macro}
+    macro["verdict"] = verdict_from_ci(macro["low"], macro["high"])
+    return {
+        **_header(resampler, n_boot, seed, level),
+        "p_floor": 2 / (n_boot + 1),
+        "adjustment": "holm across classes (per-class verdicts); macro: one test, unadjusted",
+        "per_class": per_class,
+        "macro": macro,
+    }
+
+
+def _holm_verdicts(per_class: dict) -> None:
+    """Holm-adjust the per-class p-values of one comparison; a class is `better` (A over B)
+    or `worse` only when its adjusted p < ALPHA, else `not shown`."""
+    names = list(per_class)
+    adjusted = holm([per_class[t]["p_value"] for t in names])
+    for t, q in zip(names, adjusted, strict=True):
+        entry = per_class[t]
+        entry["p_holm"] = q
+        if q is None or entry["delta"] is None:
+            entry["verdict"] = None
+        elif q < ALPHA:
+            entry["verdict"] = verdict_from_ci(entry["low"], entry["high"]) or NOT_SHOWN
+        else:
+            entry["verdict"] = NOT_SHOWN
 
 
 def _delta(auc_a: float, auc_b: float, deltas: np.ndarray, level: float) -> dict:
@@ -327,10 +430,13 @@ def _delta(auc_a: float, auc_b: float, deltas: np.ndarray, level: float) -> dict
         below = (np.sum(valid <= 0) + 1) / (valid.size + 1)
         above = (np.sum(valid >= 0) + 1) / (valid.size + 1)
         p_value = float(min(1.0, 2 * min(below, above)))
+    floor = 2 / (valid.size + 1) if valid.size else None
     return {
         "auroc_a": None if np.isnan(auc_a) else float(auc_a),
         "auroc_b": None if np.isnan(auc_b) else float(auc_b),
         "delta": summary.pop("estimate"),
         **summary,
         "p_value": p_value,
+        # p = 2/(B+1) means no resample fell on the other side of 0: the true p is smaller.
+        "p_at_floor": p_value is not None and p_value <= floor + 1e-12,
     }

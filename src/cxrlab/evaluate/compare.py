@@ -1,8 +1,10 @@
 """`cxrlab compare`: every evaluated model of a run, on the same images, side by side.
 
-For each pair of models: DeLong's test per class and a paired bootstrap over patients of
-ΔAUROC per class and macro. Figures put all models on one axes per class, with one colour
-per model throughout (`figures.model_colors`).
+For each pair of models: a paired bootstrap over patients of ΔAUROC per class and macro,
+which decides the verdicts (Holm across classes), and DeLong's test per class beside it,
+labelled with its assumption (images independent; several images per patient break it).
+Figures put all models on one axes per class, with one colour per model throughout
+(`figures.model_colors`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from cxrlab.evaluate.figures import (
     plot_roc_curves,
 )
 from cxrlab.evaluate.metrics import Predictions, check_same_run, read_predictions
-from cxrlab.evaluate.tables import format_ci, paired_table, save_table
+from cxrlab.evaluate.tables import DELONG_COLUMN, format_ci, paired_table, save_table
 from cxrlab.rundir import RunDir, SplitDir
 from cxrlab.runinfo import read_json, write_json
 
@@ -41,10 +43,15 @@ def compare_models(
     split: str = "test",
     models: list[str] | None = None,
     *,
-    n_boot: int = 1000,
+    n_boot: int | None = None,
     seed: int = 0,
 ) -> dict:
-    """Compare evaluated models; writes `reports/compare/<split>/` and returns its summary."""
+    """Compare evaluated models; writes `reports/compare/<split>/` and returns its summary.
+
+    `n_boot` defaults to `EvaluateConfig().bootstrap`."""
+    from cxrlab.config import EvaluateConfig
+
+    n_boot = EvaluateConfig().bootstrap if n_boot is None else n_boot
     paths = RunDir(run_dir)
     names = models or evaluated_models(paths, split)
     if len(names) < 1:
@@ -162,7 +169,7 @@ def _write_tables(summary: dict, metrics: dict, targets: list[str], out_dir: Pat
         stem = "paired_" + label.replace(" vs ", "_vs_")
         table = paired_table(pair["paired_bootstrap"])
         delong_p = {t: pair["delong"][t].get("p_value") for t in targets}
-        table["DeLong p"] = [
+        table[DELONG_COLUMN] = [
             "—" if delong_p.get(c) is None else f"{delong_p[c]:.3g}" for c in table.index
         ]
         save_table(table, out_dir, stem)

@@ -281,10 +281,22 @@ def _bars(ax, x: np.ndarray, values: np.ndarray, width: float, color: str, label
         ax.text(xi, 0.02, "undefined", rotation=90, ha="center", va="bottom", fontsize=10)
 
 
+def bin_points(data: Mapping) -> list[tuple[float, float, int]]:
+    """(mean predicted, fraction positive, image count) of each non-empty bin of
+    `calibration.reliability` output."""
+    return [
+        (data["mean_predicted"][i], data["fraction_positive"][i], int(c))
+        for i, c in enumerate(data["count"])
+        if c > 0
+    ]
+
+
 def plot_reliability(
     y, probs: Mapping[str, np.ndarray], targets, out_dir, stem="reliability", n_bins: int = 10
 ):
-    """Reliability diagram per class (observed frequency vs mean predicted probability)."""
+    """Reliability diagram per class (observed frequency vs mean predicted probability), each
+    point labelled with its bin's image count: a point from 3 images is noise, and the
+    reader should see that without opening metrics.json."""
     y, probs, targets = _models(y, probs, targets)
     colors = model_colors(list(probs))
     with _style():
@@ -293,15 +305,21 @@ def plot_reliability(
             ax.plot([0, 1], [0, 1], ls="--", color=CHANCE, lw=1, label="perfect")
             for model, p in probs.items():
                 data = reliability(y[:, k], p[:, k], n_bins)
-                filled = [i for i, c in enumerate(data["count"]) if c > 0]
-                xs = [data["mean_predicted"][i] for i in filled]
-                ys = [data["fraction_positive"][i] for i in filled]
+                points = bin_points(data)
                 ax.plot(
-                    xs,
-                    ys,
+                    [x for x, _, _ in points],
+                    [y_ for _, y_, _ in points],
                     marker="o",
                     color=colors[model],
                     label=f"{model} (ECE {data['ece']:.3f})",
                 )
+                for i, (x, y_, n) in enumerate(points):
+                    ax.annotate(
+                        str(n), (x, y_), textcoords="offset points", xytext=(0, 5),
+                        ha="center", fontsize=7, color=colors[model],
+                        gid=f"bin-count-{model}-{name}-{i}",
+                    )  # fmt: skip
+            ax.text(0.98, 0.02, "numbers: images per bin", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7, color=CHANCE)  # fmt: skip
             _finish(ax, name, "mean predicted probability", "fraction positive")
         return _save(fig, out_dir, stem)

@@ -3,6 +3,11 @@
 A model that is good on average can be poor for AP (portable, sicker patients) films or for
 the oldest patients; these tables make that visible. A subgroup without positives (or
 negatives) for a class has an undefined AUROC (None + reason), never 0.5.
+
+Each level's macro AUROC averages the classes defined in *every* level of its grouping (the
+common class set, listed under `macro.classes`), so the levels of one grouping are compared
+on the same classes; a class undefined in any level is left out of all of them and named.
+AUROCs on fewer than 10 positives or negatives carry an `unstable` note.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pandas as pd
 
 from cxrlab.errors import EvaluationError
 from cxrlab.evaluate.bootstrap import bootstrap_auroc
+from cxrlab.evaluate.intervals import stability
 from cxrlab.evaluate.metrics import NO_NEGATIVES, NO_POSITIVES, Predictions, check_arrays
 
 log = logging.getLogger(__name__)
@@ -72,13 +78,28 @@ def subgroup_auroc(
     for grouping in by:
         keys = _group_keys(meta, grouping, age_edges)
         order = age_band_labels(age_edges) if grouping == "age_band" else None
+        levels = list(_levels(keys, order))
+        common = common_classes([y[rows] for _, rows in levels], targets)
         groupings[grouping] = {
             level_name: _one_group(
-                y[rows], p[rows], patient_ids[rows], targets, n_boot, seed, level
+                y[rows], p[rows], patient_ids[rows], targets, n_boot, seed, level, common
             )
-            for level_name, rows in _levels(keys, order)
+            for level_name, rows in levels
         }
     return {"age_bands": age_band_labels(age_edges), "groupings": groupings}
+
+
+def common_classes(parts: Sequence[np.ndarray], targets: Sequence[str]) -> list[str]:
+    """Targets with positives and negatives in every part (each an (n_i, K) label block)
+    that has any defined class: a level where no AUROC is defined at all (e.g. one image)
+    cannot be compared and does not empty the set for the others."""
+    defined = np.ones(len(targets), dtype=bool)
+    for y in parts:
+        n_pos = y.sum(axis=0)
+        here = (n_pos > 0) & (n_pos < y.shape[0])
+        if here.any():
+            defined &= here
+    return [t for t, d in zip(targets, defined, strict=True) if d]
 
 
 def subgroup_auroc_of(preds: Predictions, **kwargs) -> dict:
@@ -108,19 +129,36 @@ def _levels(keys: np.ndarray, order: Sequence[str] | None = None):
         yield name, np.flatnonzero(keys == name)
 
 
-def _one_group(y, p, patient_ids, targets, n_boot: int, seed: int, level: float) -> dict:
-    ci = bootstrap_auroc(y, p, patient_ids, targets, n_boot=n_boot, seed=seed, level=level)
+def _one_group(
+    y, p, patient_ids, targets, n_boot: int, seed: int, level: float, common: list[str]
+) -> dict:
+    defined_here = [t for k, t in enumerate(targets) if 0 < y[:, k].sum() < y.shape[0]]
+    macro_classes = common if set(common) <= set(defined_here) else []
+    ci = bootstrap_auroc(
+        y,
+        p,
+        patient_ids,
+        targets,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+        macro_classes=macro_classes,
+    )
     per_class = {}
     for k, name in enumerate(targets):
         n_pos = int(y[:, k].sum())
-        entry = {"n_pos": n_pos, "n_neg": int(y.shape[0] - n_pos), **ci["per_class"][name]}
+        n_neg = int(y.shape[0] - n_pos)
+        entry = {"n_pos": n_pos, "n_neg": n_neg, **ci["per_class"][name]}
         entry["auroc"] = entry.pop("estimate")
+        entry["unstable"] = stability(n_pos=n_pos, n_neg=n_neg)
         if n_pos in (0, y.shape[0]):
             entry["undefined"] = NO_POSITIVES if n_pos == 0 else NO_NEGATIVES
         per_class[name] = entry
     macro = dict(ci["macro"])
     macro["auroc"] = macro.pop("estimate")
-    macro["classes"] = [t for t in targets if per_class[t]["auroc"] is not None]
+    common = macro_classes  # empty for a level with no defined class: not compared
+    macro["classes"] = list(common)
+    macro["left_out"] = [t for t in targets if t not in common]
     return {
         "n_images": int(y.shape[0]),
         "n_patients": ci["n_patients"],

@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 UNDEFINED = "undefined"
+#: DeLong's variance treats every image as independent; with several images per patient it
+#: is too small (on the demo its SEs were 1-17% below the patient-bootstrap SDs).
+DELONG_COLUMN = "DeLong p (assumes independent images)"
 
 
 def format_value(value, digits: int = 3, reason: str | None = None) -> str:
@@ -29,7 +32,24 @@ def format_ci(estimate, low=None, high=None, digits: int = 3, reason: str | None
     text = format_value(estimate, digits, reason)
     if estimate is None or low is None or high is None:
         return text
+    if low == high:  # every resample gave the same value: no interval, not certainty
+        return f"{text} (no interval: every resample gave {low:.{digits}f})"
     return f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def format_p(p: float | None, at_floor: bool = False, n_boot: int | None = None) -> str:
+    """`0.047`, `<0.001`, or for a bootstrap p at its floor 2/(B+1) (no resample on the
+    other side of 0) `< 0.001 (floor 2/(B+1))`: the true p is smaller than B can show."""
+    if p is None:
+        return "—"
+    if at_floor and n_boot:
+        return f"< {2 / (n_boot + 1):.2g} (floor 2/(B+1))"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def with_note(text: str, note: str | None) -> str:
+    """`text (note)`, e.g. an estimate with its `unstable: n+ = 6 < 10` mark."""
+    return f"{text} ({note})" if note else text
 
 
 def _short(reason: str | None) -> str:
@@ -40,7 +60,8 @@ def _cell(entry: Mapping, metric: str, ci: Mapping | None, digits: int) -> str:
     """One metric of a per-class (or macro/micro) block, with its CI when available."""
     reason = entry.get("undefined", {}).get(metric)
     interval = (ci or {}).get(metric) or {}
-    return format_ci(entry.get(metric), interval.get("low"), interval.get("high"), digits, reason)
+    text = format_ci(entry.get(metric), interval.get("low"), interval.get("high"), digits, reason)
+    return with_note(text, None if entry.get(metric) is None else interval.get("unstable"))
 
 
 _PER_CLASS_COLUMNS = (
@@ -86,13 +107,17 @@ def multilabel_table(metrics: Mapping, ci: Mapping | None = None, digits: int = 
     rows = []
     for key, label in (("hamming_accuracy", "Hamming accuracy"), ("exact_match", "exact match")):
         interval = (ci or {}).get("multilabel", {}).get(key) or {}
+        gain = (ci or {}).get("vs_all_negative", {}).get(key) or {}
         ours, base = ml[key], ml["all_negative"][key]
         rows.append(
             {
                 "metric": label,
                 "model": format_ci(ours, interval.get("low"), interval.get("high"), digits),
                 "all-negative predictor": format_value(base, digits),
-                "model - all-negative": f"{ours - base:+.{digits}f}",
+                "model - all-negative [95% CI]": format_ci(
+                    ours - base, gain.get("low"), gain.get("high"), digits
+                ).replace(f"{ours - base:.{digits}f}", f"{ours - base:+.{digits}f}", 1),
+                "beats it?": gain.get("verdict") or "untested (no CI)",
                 "model at 0.5": format_value(ml.get("at_0.5", {}).get(key), digits),
             }
         )
@@ -113,19 +138,31 @@ def threshold_table(metrics: Mapping, digits: int = 3) -> pd.DataFrame:
 
 
 def paired_table(paired: Mapping, digits: int = 3) -> pd.DataFrame:
-    """`paired_bootstrap` output: AUROC of A and B, ΔAUROC [CI] and p-value per class."""
+    """`paired_bootstrap` output per class and macro: AUROC of A and B, ΔAUROC [CI], the
+    bootstrap p, its Holm adjustment across classes, and the verdict (A better / A worse /
+    not shown) those decide."""
+    n_boot = paired.get("n_boot")
     rows = []
     for name, entry in [*paired["per_class"].items(), ("macro", paired["macro"])]:
+        delta = format_ci(entry["delta"], entry["low"], entry["high"], digits)
         rows.append(
             {
                 "class": name,
                 "AUROC A": format_value(entry["auroc_a"], digits),
                 "AUROC B": format_value(entry["auroc_b"], digits),
-                "ΔAUROC (A - B)": format_ci(entry["delta"], entry["low"], entry["high"], digits),
-                "p": format_value(entry["p_value"], digits),
+                "ΔAUROC (A - B)": with_note(
+                    delta, entry.get("unstable") if entry["delta"] is not None else None
+                ),
+                "p": format_p(entry["p_value"], entry.get("p_at_floor", False), n_boot),
+                "p (Holm)": "— (one test)" if name == "macro" else format_p(entry.get("p_holm")),
+                "verdict": _pair_verdict(entry.get("verdict")),
             }
         )
     return pd.DataFrame(rows).set_index("class")
+
+
+def _pair_verdict(verdict: str | None) -> str:
+    return {"better": "A better", "worse": "B better"}.get(verdict, verdict or "—")
 
 
 def subgroup_table(subgroups: Mapping, digits: int = 3) -> pd.DataFrame:
@@ -143,11 +180,26 @@ def subgroup_table(subgroups: Mapping, digits: int = 3) -> pd.DataFrame:
                 cell = format_ci(
                     entry["auroc"], entry["low"], entry["high"], digits, entry.get("undefined")
                 )
-                row[name] = f"{cell} (n+={entry['n_pos']})"
+                note = entry.get("unstable") if entry["auroc"] is not None else None
+                row[name] = with_note(f"{cell} (n+={entry['n_pos']})", note)
             macro = block["macro"]
             row["macro"] = format_ci(macro["auroc"], macro["low"], macro["high"], digits)
+            row["macro averages"] = _macro_classes(macro)
             rows.append(row)
     return pd.DataFrame(rows).set_index(["grouping", "level"])
+
+
+def _macro_classes(macro: Mapping) -> str:
+    """Which classes a subgroup macro averages, and which it leaves out (the same for every
+    level of a grouping, so the levels are comparable)."""
+    classes = macro.get("classes")
+    if classes is None:
+        return "—"
+    if not classes:
+        return "not compared (no class with positives and negatives in this level)"
+    text = ", ".join(classes)
+    left_out = macro.get("left_out") or []
+    return f"{text} (left out: {', '.join(left_out)})" if left_out else text
 
 
 def to_markdown(frame: pd.DataFrame, index: bool = True) -> str:

@@ -44,6 +44,11 @@ from cxrlab.runinfo import read_json, write_json
 
 log = logging.getLogger(__name__)
 
+VAL_NOTE = (
+    "evaluated on val: its thresholds (and temperature) are chosen on these same images, so "
+    "threshold metrics and calibration are optimistic; use the test split for claims"
+)
+
 
 def evaluate_model(
     run_dir: str | Path,
@@ -64,10 +69,7 @@ def evaluate_model(
     data = load_run_data(run_dir)
     trained = load_trained(data, name, options.device)
     if options.split == "val" and data_root is None:
-        log.warning(
-            "evaluating on val: its thresholds are chosen on these same images, so threshold "
-            "metrics are optimistic"
-        )
+        log.warning(VAL_NOTE)
     sidecar = {
         "run_id": str(data.run_dir.resolve()),
         "split_hash": data.split_hash,
@@ -77,11 +79,11 @@ def evaluate_model(
     }
     val_dir = _predict_split(trained, data, "val", sidecar, options, progress)
     val = read_predictions(val_dir.predictions, data.targets)
-    thresholds = choose_thresholds(
-        val.y, val.p, val.targets, options.threshold, options.target_sensitivity
-    )
-    save_thresholds(thresholds, trained.folder.thresholds)
+    # thresholds.json holds thresholds on the model's own outputs (explain and serve apply
+    # it to raw probabilities); evaluation under temperature re-chooses them below.
+    save_thresholds(choose_for(val, options), trained.folder.thresholds)
     scaler = TemperatureScaler().fit(val.p, val.y) if options.temperature else None
+    thresholds = choose_for(val, options, scaler)
     if data_root is not None:
         from cxrlab.evaluate.external import predict_external
 
@@ -96,6 +98,17 @@ def evaluate_model(
         training_csv=trained.folder.metrics_csv,
         model_name=name,
     )
+
+
+def choose_for(val: Predictions, options: EvaluateConfig, scaler=None) -> dict:
+    """Thresholds chosen on the validation probabilities that will be compared with them:
+    temperature-scaled when `scaler` is given, else the model's own. Each entry records which
+    (`probabilities`, absent = raw), so a threshold is never applied on another scale."""
+    p = val.p if scaler is None else scaler.transform(val.p)
+    chosen = choose_thresholds(val.y, p, val.targets, options.threshold, options.target_sensitivity)
+    if scaler is None:
+        return chosen  # no "probabilities" key: the model's own outputs
+    return {t: {**entry, "probabilities": _scale(scaler)} for t, entry in chosen.items()}
 
 
 def _predict_split(trained, data, split: str, sidecar: dict, options, progress) -> SplitDir:
@@ -131,6 +144,7 @@ def evaluate_predictions(
     path = Path(path)
     out_dir = path.parent
     preds = read_predictions(path)
+    thresholds_on = _thresholds_on(thresholds, scaler)  # refuses a scale mismatch first
     p = preds.p
     if scaler is not None:
         p = scaler.transform(p)
@@ -162,12 +176,33 @@ def evaluate_predictions(
             age_edges=options.age_edges,
         ),
         "temperature": getattr(scaler, "temperature_", None),
+        "split": out_dir.name,  # test, val, or external-<dir>
+        "notes": [VAL_NOTE] if out_dir.name == "val" else [],
+        "thresholds_on": thresholds_on,
     }
     write_json(SplitDir(out_dir).metrics, result)
     _tables(result, out_dir)
     if options.figures:
         _figures(preds, p, metrics, out_dir, model_name, training_csv)
     return result
+
+
+def _thresholds_on(thresholds: dict, scaler: TemperatureScaler | None) -> str:
+    """Which validation probabilities the thresholds were chosen on; refuses a mismatch
+    between temperature-scaled test probabilities and thresholds chosen on raw ones."""
+    scales = {e.get("probabilities", "raw") for e in thresholds.values() if isinstance(e, dict)}
+    expected = "raw" if scaler is None else _scale(scaler)
+    if scales and scales != {expected}:
+        raise EvaluationError(
+            f"thresholds were chosen on {sorted(scales)} validation probabilities, but the "
+            f"probabilities evaluated are {expected}; choose them with `choose_for(val, "
+            "options, scaler)`"
+        )
+    return f"validation, {expected} probabilities"
+
+
+def _scale(scaler: TemperatureScaler) -> str:
+    return f"temperature-scaled (T = {scaler.temperature_:.3f})"
 
 
 def _with_p(preds: Predictions, p: np.ndarray) -> Predictions:

@@ -44,7 +44,8 @@ FIGURE_CAPTIONS = {
     "roc": "ROC curves per class (diagonal = chance)",
     "pr": "Precision-recall curves per class (dashed = prevalence, the chance level)",
     "confusion": "Confusion matrices at the thresholds chosen on validation",
-    "reliability": "Reliability diagrams (calibration; diagonal = perfectly calibrated)",
+    "reliability": "Reliability diagrams (calibration; diagonal = perfectly calibrated; the"
+    " number at each point is its bin's image count)",
     "auroc_bars": "AUROC per class with 95% CI, all models",
     "training": "Training curves: losses and validation AUROC per epoch",
     "pca_variance": "PCA explained variance",
@@ -85,6 +86,7 @@ def render(context: dict) -> str:
         lstrip_blocks=True,
     )
     env.filters["ci"] = ci_html
+    env.filters["signed_ci"] = signed_ci
     env.filters["p"] = summary.fmt_p
     env.filters["num"] = _num
     env.filters["pct"] = views.pct
@@ -108,6 +110,16 @@ _CI = re.compile(r"([+-]?\d+\.\d+) (\[[+-]?\d+\.\d+, [+-]?\d+\.\d+\])")
 def ci_spans(text: str) -> str:
     """Put each `[low, high]` after an estimate on its own small line (escaped HTML in/out)."""
     return _CI.sub(r'\1<span class="ci">\2</span>', text)
+
+
+def signed_ci(entry) -> Markup:
+    """`+0.001 [-0.028, +0.031]` for a difference; `—` without an interval."""
+    if not entry or entry.get("estimate") is None:
+        return Markup("—")
+    text = f"{entry['estimate']:+.3f}"
+    if entry.get("low") is not None and entry.get("high") is not None:
+        text += f'<span class="ci">[{entry["low"]:+.3f}, {entry["high"]:+.3f}]</span>'
+    return Markup(text)
 
 
 def ci_html(entry) -> Markup:
@@ -219,6 +231,7 @@ class Page:
         return {
             "n_boot": n_boot,
             "p_floor": 2 / (n_boot + 1) if n_boot else None,
+            "n_classes": len(targets),
             "rows": rows,
             "headline": summary.headline(rows),
             "baseline": summary.baseline_rows(metrics),
@@ -288,10 +301,12 @@ class Page:
                     "rule": views.threshold_rule(r.get("thresholds") or {}),
                     "calibration": views.calibration(cal),
                     "temperature": r.get("temperature"),
+                    "thresholds_on": r.get("thresholds_on") or "validation",
+                    "split": r.get("split") or (r.get("options") or {}).get("split"),
                     "subgroups": frame_html(tables.subgroup_table(r["subgroups"]))
                     if r.get("subgroups")
                     else None,
-                    "notes": m.get("notes", []),
+                    "notes": [*r.get("notes", []), *m.get("notes", [])],
                     "figures": self.figures(block["figures"]),
                 }
             )
@@ -300,7 +315,7 @@ class Page:
     def comparison_view(self, comparison: dict | None) -> dict | None:
         if comparison is None:
             return None
-        from cxrlab.evaluate.tables import paired_table
+        from cxrlab.evaluate.tables import DELONG_COLUMN, paired_table
 
         s = comparison["summary"]
         keys = [*s["targets"], summary.MACRO]
@@ -315,7 +330,7 @@ class Page:
                     "p": "bootstrap p",
                 }
             )
-            frame["DeLong p"] = [
+            frame[DELONG_COLUMN] = [
                 summary.fmt_p((pair.get("delong") or {}).get(c, {}).get("p_value"))
                 for c in frame.index
             ]
@@ -325,6 +340,7 @@ class Page:
                     "a": pair["a"],
                     "b": pair["b"],
                     "n_boot": pair["paired_bootstrap"].get("n_boot"),
+                    "n_classes": len(s["targets"]),
                     "table": frame_html(frame),
                 }
             )

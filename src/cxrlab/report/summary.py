@@ -2,31 +2,37 @@
 
 Written by hand because the judgement is this project's own: per class (and macro) the model
 with the highest AUROC point estimate, its 95% CI, the runner-up, and the paired comparison
-between the two from `cxrlab compare` (paired bootstrap over patients; DeLong per class).
-A difference counts as significant only when every available paired test has p < `ALPHA`;
-overlapping CIs alone decide nothing (paired tests are more powerful), so both are shown.
-p-values are not adjusted for the number of classes and pairs; the report says so.
+between the two from `cxrlab compare`. Every verdict has three outcomes, decided by the CI of
+the *difference* from the paired bootstrap over patients: better, worse, or not shown.
+Per-class verdicts are Holm-adjusted across the classes of the pair (adjusted p < `ALPHA`);
+the macro row is one test, read off its 95% CI. DeLong's p is shown beside, labelled with the
+assumption it makes (independent images), and decides nothing; overlapping CIs decide nothing
+either. The all-negative comparison works the same way: model minus "predict nothing", with
+the patient-bootstrap CI of that difference.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-ALPHA = 0.05
+from cxrlab.evaluate.bootstrap import ALPHA
+from cxrlab.evaluate.tables import format_p
+
 CHANCE = 0.5  # AUROC of guessing
 MACRO = "macro"
+DELONG_ASSUMPTION = "assumes independent images"
+
+__all__ = ["ALPHA", "best_rows", "baseline_rows", "headline", "verdict"]
 
 
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "—"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+def fmt_p(p: float | None, at_floor: bool = False, n_boot: int | None = None) -> str:
+    return format_p(p, at_floor, n_boot)
 
 
-def p_is(p: float | None) -> str:
-    """`p = 0.123` or `p < 0.001`."""
-    text = fmt_p(p)
-    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
+def p_is(p: float | None, at_floor: bool = False, n_boot: int | None = None) -> str:
+    """`p = 0.123`, `p <0.001`, or `p < 0.001 (floor 2/(B+1))`."""
+    text = fmt_p(p, at_floor, n_boot)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def fmt_ci(entry: Mapping | None, digits: int = 3) -> str:
@@ -36,11 +42,13 @@ def fmt_ci(entry: Mapping | None, digits: int = 3) -> str:
     text = f"{entry['estimate']:.{digits}f}"
     if entry.get("low") is None or entry.get("high") is None:
         return text
+    if entry["low"] == entry["high"]:
+        return f"{text} (no interval: every resample gave {entry['low']:.{digits}f})"
     return f"{text} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
 
 
 def auroc_by_model(metrics: Mapping[str, Mapping], targets: list[str]) -> dict[str, dict]:
-    """`{model: {target|macro: {"estimate", "low", "high"}}}` from each metrics.json's CIs."""
+    """`{model: {target|macro: {"estimate", "low", "high", ...}}}` from each metrics.json."""
     out = {}
     for name, block in metrics.items():
         ci = block["result"]["ci"]
@@ -61,39 +69,69 @@ def find_pair(pairs: Mapping[str, Mapping], a: str, b: str) -> tuple[Mapping, bo
 
 
 def paired_result(pair: Mapping, flipped: bool, key: str) -> dict:
-    """ΔAUROC (best − runner-up) with CI and both p-values for one class or macro."""
+    """ΔAUROC (best − runner-up) with CI, p-values and the verdict for one class or macro."""
     boot = pair["paired_bootstrap"]
     entry = boot[MACRO] if key == MACRO else boot["per_class"].get(key, {})
     delta, low, high = entry.get("delta"), entry.get("low"), entry.get("high")
+    outcome = entry.get("verdict")
     if flipped and delta is not None:
         delta, low, high = (
             -delta,
             (None if high is None else -high),
             (None if low is None else -low),
         )
+        outcome = {"better": "worse", "worse": "better"}.get(outcome, outcome)
     delong = None if key == MACRO else (pair.get("delong") or {}).get(key, {}).get("p_value")
-    return {"delta": delta, "low": low, "high": high,
-            "p_boot": entry.get("p_value"), "p_delong": delong}  # fmt: skip
+    return {
+        "delta": delta,
+        "low": low,
+        "high": high,
+        "verdict": outcome,
+        "p_boot": entry.get("p_value"),
+        "p_holm": entry.get("p_holm"),
+        "p_at_floor": bool(entry.get("p_at_floor")),
+        "n_boot": boot.get("n_boot"),
+        "unstable": entry.get("unstable"),
+        "macro": key == MACRO,
+        "p_delong": delong,
+    }
+
+
+def _difference(paired: Mapping) -> str:
+    if paired["delta"] is None or paired["low"] is None:
+        return "ΔAUROC undefined"
+    return f"ΔAUROC {paired['delta']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}]"
+
+
+def evidence(paired: Mapping) -> str:
+    """What a verdict rests on: the CI of the difference and the (Holm-adjusted) p."""
+    p_boot = p_is(paired["p_boot"], paired["p_at_floor"], paired["n_boot"])
+    if paired["macro"]:
+        rests = f"{_difference(paired)}; bootstrap {p_boot}, one test"
+    elif paired.get("p_holm") is None:  # a comparison written before Holm was applied
+        rests = f"{_difference(paired)}; bootstrap {p_boot}, not adjusted"
+    else:
+        rests = f"{_difference(paired)}; Holm-adjusted {p_is(paired['p_holm'])} (raw {p_boot})"
+    if paired.get("unstable"):
+        rests += f"; {paired['unstable']}"
+    if paired["p_delong"] is not None:
+        rests += f"; DeLong {p_is(paired['p_delong'])}, {DELONG_ASSUMPTION}"
+    return rests
 
 
 def verdict(best: str, runner: str | None, paired: dict | None, overlap: bool | None) -> tuple:
-    """(kind, words): kind is `better`, `tie`, `borderline`, `untested`, or `single`."""
+    """(kind, words): kind is `better`, `worse`, `notshown`, `untested`, or `single`."""
     if runner is None:
         return "single", "only model with a defined AUROC: nothing to compare"
     if paired is None:
         ci_words = "95% CIs overlap" if overlap else "95% CIs do not overlap"
         return "untested", f"{ci_words} with {runner}; no paired test (run `cxrlab compare`)"
-    ps = [p for p in (paired["p_boot"], paired["p_delong"]) if p is not None]
-    tests = f"paired bootstrap {p_is(paired['p_boot'])}"
-    if paired["p_delong"] is not None:
-        tests += f", DeLong {p_is(paired['p_delong'])}"
-    if not ps:
-        return "untested", f"paired test undefined for {runner}"
-    if all(p < ALPHA for p in ps):
-        return "better", f"better than {runner} ({tests})"
-    if any(p < ALPHA for p in ps):
-        return "borderline", f"borderline against {runner}: the tests disagree ({tests})"
-    return "tie", f"not distinguishable from {runner} ({tests}); treat as a tie"
+    outcome = paired.get("verdict")
+    if outcome is None:
+        return "untested", f"paired test undefined (or from an older `cxrlab compare`) for {runner}"
+    if outcome in ("better", "worse"):
+        return outcome, f"{outcome} than {runner} ({evidence(paired)})"
+    return "notshown", f"no difference from {runner} shown ({evidence(paired)})"
 
 
 def best_rows(
@@ -116,12 +154,13 @@ def best_rows(
 def _row(key: str, scored: list, table: dict, pairs: Mapping) -> dict:
     row = {"target": key, "model": None, "auroc": None, "runner_up": None, "runner_auroc": None,
            "paired": None, "overlap": None, "kind": "undefined", "chance": False,
+           "unstable": None,
            "words": "AUROC undefined for every model (no positives or no negatives)"}  # fmt: skip
     if not scored:
         return row
     best = scored[0][1]
     runner = scored[1][1] if len(scored) > 1 else None
-    row.update(model=best, auroc=table[best][key])
+    row.update(model=best, auroc=table[best][key], unstable=table[best][key].get("unstable"))
     if runner is not None:
         row.update(runner_up=runner, runner_auroc=table[runner][key])
         row["overlap"] = _overlap(table[best][key], table[runner][key])
@@ -140,16 +179,24 @@ def _overlap(a: Mapping, b: Mapping) -> bool | None:
 
 
 def baseline_rows(metrics: Mapping[str, Mapping]) -> list[dict]:
-    """Per model: Hamming and exact-match accuracy beside the all-negative predictor's."""
+    """Per model: Hamming and exact-match accuracy beside the all-negative predictor's, the
+    patient-bootstrap CI of the difference, and its verdict (better / worse / not shown)."""
     rows = []
     for name, block in metrics.items():
         ml = block["result"]["metrics"]["multilabel"]
+        gains = (block["result"].get("ci") or {}).get("vs_all_negative") or {}
         base = ml["all_negative"]
         row = {"model": name, "n_images": ml.get("n_images"), "n_labels": ml.get("n_labels")}
         for key in ("hamming_accuracy", "exact_match"):
+            gain = gains.get(key) or {}
             row[key] = ml[key]
             row[f"{key}_baseline"] = base[key]
-            row[f"{key}_beats"] = ml[key] > base[key] + 1e-12
+            row[f"{key}_gain"] = {
+                "estimate": ml[key] - base[key],
+                "low": gain.get("low"),
+                "high": gain.get("high"),
+            }
+            row[f"{key}_verdict"] = gain.get("verdict") or "untested (re-run `cxrlab evaluate`)"
         rows.append(row)
     return rows
 

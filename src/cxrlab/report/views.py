@@ -106,7 +106,8 @@ def analysis_numbers(result: dict) -> list[tuple[str, str, str]]:
     ]
     if top is not None:
         value = f"{top['auroc_mean']:.3f} ± {top.get('auroc_sd') or 0:.3f}"
-        rows.append((f"best linear probe ({top['target']})", value, "AUROC; 0.5 = chance"))
+        note = "AUROC, mean ± sd over repeated CV; 0.5 = chance"
+        rows.append((f"best linear probe ({top['target']})", value, note))
     return rows
 
 

@@ -1,0 +1,55 @@
+"""Issue 10, finding 6: the README's demo figures are generated from a run, never typed.
+
+`bench/bench_demo.py --write-readme` writes docs/demo_numbers.json and the README block
+between the `demo-numbers` markers from a finished `cxrlab demo`; the slow test re-runs the
+demo and checks that what it prints now is what the README says.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_demo():
+    spec = importlib.util.spec_from_file_location("bench_demo", REPO / "bench" / "bench_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_demo_block_is_the_generated_one():
+    bench = bench_demo()
+    readme = (REPO / "README.md").read_text()
+    numbers = json.loads((REPO / "docs" / "demo_numbers.json").read_text())
+    block = readme[readme.index(bench.BEGIN) : readme.index(bench.END) + len(bench.END)]
+    assert block == bench.readme_block(numbers)
+    assert numbers["models"] and numbers["analysis"] and numbers["comparison"]
+
+
+def test_readme_has_no_hand_typed_demo_figures():
+    bench = bench_demo()
+    readme = (REPO / "README.md").read_text()
+    assert readme.startswith("# cxrlab\n\n```\nmake demo ")  # the first lines stay
+    outside = readme.split(bench.BEGIN)[0] + readme.split(bench.END)[1]
+    demo = outside[outside.index("## What the demo produces") : outside.index("## Configs")]
+    assert not re.findall(r"\b0\.\d\d", demo), "demo numbers outside the generated block"
+    for stale in ("81.9%", "38.3%", "88.8%", "65.5%", "does *not* beat", "10–20% error"):
+        assert stale not in readme
+
+
+@pytest.mark.slow
+def test_readme_figures_equal_what_a_fresh_demo_prints(tmp_path):
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "cxrlab", "demo", "--out", str(out)], check=True,
+                   capture_output=True)  # fmt: skip
+    fresh = bench_demo().demo_numbers(out)
+    assert fresh == json.loads((REPO / "docs" / "demo_numbers.json").read_text())
