@@ -58,8 +58,8 @@ def _root(
     quiet = not (verbose or debug)
     if ctx.invoked_subcommand in _TRAINING_COMMANDS:
         import lightning  # noqa: F401  (its import adds a console handler and resets levels)
-    _filter_handlers(_LIGHTNING_LOGGERS[0], quiet)
-    _filter_handlers(None, quiet)
+    for name in (None, *_LIGHTNING_LOGGERS):  # root, and the handlers Lightning adds itself
+        _filter_handlers(name, quiet)
 
 
 def _filter_handlers(logger: str | None, quiet: bool) -> None:

@@ -158,8 +158,9 @@ def _interrupted_message(folder: ModelDir, data: RunData, signal_name: str, done
     head = f"training of {folder.path} stopped by {signal_name}: interrupted at epoch {done}"
     if done == 0:
         return f"{head} before any epoch finished; nothing to resume: start it again"
+    saved = "epoch 0 is" if done == 1 else f"epochs 0-{done - 1} are"
     return (
-        f"{head}, epochs 0-{done - 1} are saved in {folder.last_ckpt}; continue with "
+        f"{head}; {saved} saved in {folder.last_ckpt}: continue with "
         f"`cxrlab train {data.run_dir} --name {folder.name} --resume`"
     )
 
