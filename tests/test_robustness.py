@@ -235,6 +235,17 @@ def test_second_prepare_and_second_run_on_one_directory_are_refused(tmp_path: Pa
     assert not RunDir(out).stages.exists()  # no stage began
 
 
+def test_train_and_prepare_of_one_run_exclude_each_other(tmp_path: Path, capsys):
+    run = make_tiny_run(tmp_path, n=64, size=32)
+    with exclusive(RunDir(run).data_lock, "test"):  # a prepare is rewriting data/
+        code, err = cli(capsys, "train", run, "--model", "simple_cnn", "--epochs", "1")
+    one_error(code, err, f"in use by pid {os.getpid()}", "being prepared")
+    assert not RunDir(run).model("simple_cnn").path.exists()
+    with exclusive(RunDir(run).model("m").lock, "test"):  # a train of m is running
+        code, err = cli(capsys, "prepare", "--data-root", tmp_path, "--out", run)
+    one_error(code, err, f"in use by pid {os.getpid()}", "model 'm'", "being trained")
+
+
 # ---- the image cache ---------------------------------------------------------------------------
 #: build_cache with two workers over PATHS (json) into CACHE; reports worker pids as it goes.
 _BUILD_TWO_WORKERS = """
@@ -312,11 +323,46 @@ def test_killed_two_worker_cache_build_keeps_finished_rows_and_its_workers_die(t
     assert np.array_equal(open_cache(cache).images, open_cache(fresh.cache_dir).images)
 
 
+#: `cxrlab ARGS` that sends itself SIGTERM while decoding the 40th image of the cache.
+_SIGTERM_AT_IMAGE_40 = """
+import os, signal, sys
+import cxrlab.data.cache as cache
+read, seen = cache.read_square_u8, []
+def read_then_stop(path, size):
+    seen.append(path)
+    if len(seen) == 40:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return read(path, size)
+cache.read_square_u8 = read_then_stop
+from cxrlab.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _png_root(folder: Path, n: int) -> Path:
+    """An NIH-layout data root of n PNGs, one patient each, labels in a cycle."""
+    paths = _pngs(folder / "images", n)
+    labels = ["No Finding", "Effusion", "Atelectasis", "Effusion|Atelectasis"]
+    rows = [f"{p.name},{labels[i % 4]},0,{i + 1},50,M,PA" for i, p in enumerate(paths)]
+    (folder / "Data_Entry_2017.csv").write_text("\n".join([ENTRY_HEADER, *rows]) + "\n")
+    return folder
+
+
+def test_sigterm_during_prepare_exits_143_and_the_rerun_keeps_the_decoded_rows(tmp_path: Path):
+    root, out = _png_root(tmp_path / "nih", 64), tmp_path / "run"
+    args = ["prepare", "--data-root", root, "--out", out, "--image-size", "32"]
+    proc = python("-c", _SIGTERM_AT_IMAGE_40, *args)
+    proc_error(proc, "stopped by SIGTERM", "run the same command again", exit_code=143)
+    options = build(DataConfig, {"data_root": str(root), "image_size": 32})
+    cache = prepare(options, out, progress=False).cache  # one worker: tasks of 64 // 4 rows
+    assert (cache.reused, cache.decoded) == (32, 32)
+
+
 def test_cache_checks_free_space_before_decoding(tmp_path: Path, monkeypatch):
     paths = _pngs(tmp_path / "images", 4)
-    usage = shutil.disk_usage(tmp_path)._replace(free=1 << 20)
+    usage = shutil.disk_usage(tmp_path)._replace(free=1 << 19)
     monkeypatch.setattr("cxrlab.data.cache.shutil.disk_usage", lambda path: usage)
-    with pytest.raises(DataError, match=r"needs 16\.0 MiB in .* but only 1\.0 MiB is free"):
+    with pytest.raises(DataError, match=r"needs 1\.0 MiB in .* but only 0\.5 MiB is free"):
         build_cache(paths, [p.name for p in paths], tmp_path / "cache", size=16, progress=False)
 
 
@@ -473,6 +519,50 @@ def test_empty_and_header_only_data_entry_and_implausible_age(tmp_path: Path, ca
     assert "--age-max 120" in caplog.text
 
 
+def test_bom_and_crlf_data_entry_reads_like_the_plain_file(tmp_path: Path):
+    text = f"{ENTRY_HEADER}\na.png,No Finding,0,1,050Y,M,PA\nb.png,Effusion,1,2,61,F,AP\n"
+    plain, odd = tmp_path / "plain.csv", tmp_path / "odd.csv"
+    plain.write_text(text)
+    odd.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    pd.testing.assert_frame_equal(read_data_entry(odd), read_data_entry(plain))
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (a decompression bomb) with no real pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    idat = zlib.compress(b"\x00" * (width + 1))  # one row only
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+    path.write_bytes(png + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_refused_naming_the_file(tmp_path: Path):
+    from cxrlab.data.imaging import read_square_u8
+    from cxrlab.errors import ImageReadError
+
+    bomb = _png_claiming(tmp_path / "bomb.png", 40_000, 40_000)
+    with pytest.raises(ImageReadError, match=r"bomb\.png.*DecompressionBomb"):
+        read_square_u8(bomb, 32)
+
+
+def test_spaces_and_unicode_in_paths_prepare_and_train(tmp_path: Path, capsys):
+    root, out = _png_root(tmp_path / "dätä set" / "nih", 64), tmp_path / "rün dir" / "r 1"
+    code, err = cli(capsys, "prepare", "--data-root", root, "--out", out, "--image-size", "32")
+    assert code == 0, err
+    assert open_cache(out).n == 64
+    config = _config_file(tmp_path, epochs=1)
+    code, err = cli(capsys, "train", out, "--config", config, "--name", "m ü")
+    assert code == 0, err
+    check_readable(RunDir(out).model("m ü").best_ckpt)
+
+
 def test_empty_study_yaml_is_refused(tmp_path: Path, capsys):
     study = tmp_path / "study.yaml"
     study.write_text("# nothing yet\n")
@@ -568,3 +658,23 @@ def test_prepare_refuses_an_empty_val_split(nih_dev: Path, tmp_path: Path, capsy
         capsys, "prepare", "--data-root", nih_dev, "--out", tmp_path / "r", "--n-images", "4"
     )
     one_error(code, err, "split(s) would be empty", "--n-images")
+
+
+# ---- the table of cases ------------------------------------------------------------------------
+def test_every_case_in_docs_robustness_names_an_existing_test():
+    import re
+
+    tests = Path(__file__).resolve().parent
+    doc = (tests.parent / "docs" / "robustness.md").read_text()
+    named = set(re.findall(r"`(test_\w+)::(test_\w+)`", doc))
+    assert len(named) > 50
+    missing = [
+        f"{module}::{name}"
+        for module, name in sorted(named)
+        if not re.search(rf"^def {name}\(", (tests / f"{module}.py").read_text(), re.M)
+    ]
+    assert missing == []
+    here = set(re.findall(r"^def (test_\w+)\(", Path(__file__).read_text(), re.M))
+    assert here - {name for module, name in named if module == "test_robustness"} == {
+        "test_every_case_in_docs_robustness_names_an_existing_test"
+    }  # every robustness test is a row of the table

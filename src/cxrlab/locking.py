@@ -3,7 +3,9 @@
 Two cxrlab processes that write the same files (two `train --name m`, two `prepare`, two
 `run` on one `--out`) would silently overwrite each other's results. Each writer holds the
 lock of what it writes for as long as it writes; a second one is refused at once with
-`BusyError` naming the holder's pid. The kernel releases the lock when its holder dies
+`BusyError` naming the holder's pid. A process that reads what another writes holds its own
+lock first, then checks the other's (`require_free`): of two that start together, at least
+one sees the other. The kernel releases the lock when its holder dies
 (even by SIGKILL), so a crashed run never leaves a stale lock behind.
 """
 
@@ -41,6 +43,14 @@ def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def require_free(lock_file: str | os.PathLike, what: str) -> None:
+    """`BusyError` if another process holds `lock_file` now (e.g. `train` checks that no
+    `prepare` is rewriting the data it is about to read). Creates nothing that is absent."""
+    if Path(lock_file).is_file():
+        with exclusive(lock_file, what):
+            pass
 
 
 def _write_pid(lock_file: Path) -> None:

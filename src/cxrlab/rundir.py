@@ -200,6 +200,17 @@ class RunDir:
             return []
         return sorted(p.name for p in self.models.iterdir() if ModelDir(p).is_trained())
 
+    def model_locks(self) -> dict[str, Path]:
+        """{model name: its lock file} for every model folder that was ever trained here."""
+        if not self.models.is_dir():
+            return {}
+        suffix = LOCK_FILE
+        return {
+            p.name[1 : -len(suffix)]: p
+            for p in sorted(self.models.glob(f".*{suffix}"))
+            if p.is_file() and len(p.name) > len(suffix) + 1
+        }
+
     def trained_model(self, name: str) -> ModelDir:
         """models/<name>, checked to hold best.ckpt; the error lists the trained models."""
         mdir = self.model(name)

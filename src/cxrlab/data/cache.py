@@ -53,7 +53,7 @@ MAX_CHUNK = 64
 ProgressFn = Callable[[int, int], None]
 
 #: Free space kept beyond the cache itself (meta.json, the other prepare files).
-SPACE_MARGIN = 16 << 20
+SPACE_MARGIN = 1 << 20
 #: How often (s) a worker checks that the process that started it is still alive.
 PARENT_CHECK_SECONDS = 0.5
 

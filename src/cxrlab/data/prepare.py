@@ -28,7 +28,7 @@ from cxrlab.data.metadata import (
 from cxrlab.data.split import check_leakage, official_split, split_patients, split_summary
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
-from cxrlab.locking import exclusive
+from cxrlab.locking import exclusive, require_free
 from cxrlab.rundir import RunDir
 from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
 
@@ -67,6 +67,8 @@ def prepare(
         raise ConfigError("prepare needs a data root (--data-root DIR in NIH layout)")
     paths = RunDir(out)
     with exclusive(paths.data_lock, f"run directory {paths.root} (data/)"):
+        for name, lock in paths.model_locks().items():  # no training reads data/ meanwhile
+            require_free(lock, f"model {name!r} of {paths.root} (being trained)")
         return _prepare(options, paths, progress, overwrite)
 
 

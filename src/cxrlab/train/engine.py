@@ -38,7 +38,7 @@ from cxrlab.config import (
 )
 from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.errors import ConfigError, DataError, Interrupted
-from cxrlab.locking import exclusive
+from cxrlab.locking import exclusive, require_free
 from cxrlab.models.checkpoint import check_readable
 from cxrlab.rundir import ModelDir, RunDir, check_folder_name
 from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
@@ -103,7 +103,7 @@ def train_model(
     name = name or config.model.name
     data = load_run_data(run_dir)
     folder = data.paths.model(name)
-    with _model_lock(folder):
+    with _model_lock(folder, data.paths):
         if resume:
             _check_resumable(folder, config, data)
         else:
@@ -113,13 +113,14 @@ def train_model(
 
 
 @contextmanager
-def _model_lock(folder: ModelDir) -> Iterator[None]:
-    """Hold models/<name>'s lock (rank 0 only: the DDP workers Lightning launches re-run
-    `train_model` while rank 0 holds it)."""
+def _model_lock(folder: ModelDir, paths: RunDir) -> Iterator[None]:
+    """Hold models/<name>'s lock, and refuse while a `prepare` rewrites data/ (rank 0 only:
+    the DDP workers Lightning launches re-run `train_model` while rank 0 holds it)."""
     if rank_zero_only.rank != 0:
         yield
         return
     with exclusive(folder.lock, f"model folder {folder.path}"):
+        require_free(paths.data_lock, f"run directory {paths.root} (data/, being prepared)")
         yield
 
 
