@@ -167,7 +167,8 @@ def test_sigterm_during_training_exits_143_and_resume_matches_a_straight_run(
     assert "GPU available" not in proc.stderr and "Tip" not in proc.stderr, proc.stderr
     folder = RunDir(run).model("m")
     info = json.loads(folder.run_json.read_text())
-    assert info["finished"] is None and info["interrupted"] and info["epochs"] == 1
+    assert info["finished"] is None
+    assert (info["interrupted"]["by"], info["interrupted"]["epochs_saved"]) == ("SIGTERM", 1)
     assert _metrics(run, "m")["epoch"].tolist() == [0]
 
     with caplog.at_level(logging.WARNING, logger="cxrlab"):
@@ -177,7 +178,8 @@ def test_sigterm_during_training_exits_143_and_resume_matches_a_straight_run(
 
     code, err = cli(capsys, "train", run, "--name", "m", "--resume")
     assert code == 0, err
-    assert json.loads(folder.run_json.read_text())["finished"]
+    info = json.loads(folder.run_json.read_text())
+    assert info["finished"] and info["interrupted"] is None and len(info["resumed"]) == 1
     straight = train_model(run, load_yaml(config), name="straight", progress_bar=False)
     pd.testing.assert_frame_equal(_metrics(run, "m"), _metrics(run, "straight"))
     resumed, reference = _weights(folder.last_ckpt), _weights(straight.last_checkpoint)
@@ -554,7 +556,8 @@ def test_decompression_bomb_is_refused_naming_the_file(tmp_path: Path):
 
 def test_spaces_and_unicode_in_paths_prepare_and_train(tmp_path: Path, capsys):
     root, out = _png_root(tmp_path / "dätä set" / "nih", 64), tmp_path / "rün dir" / "r 1"
-    code, err = cli(capsys, "prepare", "--data-root", root, "--out", out, "--image-size", "32")
+    targets = ["--pathologies", "Atelectasis,Effusion", "--image-size", "32"]
+    code, err = cli(capsys, "prepare", "--data-root", root, "--out", out, *targets)
     assert code == 0, err
     assert open_cache(out).n == 64
     config = _config_file(tmp_path, epochs=1)

@@ -36,14 +36,12 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-#: Commands that run Lightning's Trainer (and so import it).
-_TRAINING_COMMANDS = ("train", "run", "demo")
 _LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+_quiet = {"on": True}  # no --verbose/--debug for this invocation
 
 
 @app.callback()
 def _root(
-    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
     ),
@@ -55,17 +53,25 @@ def _root(
         level=logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    quiet = not (verbose or debug)
-    if ctx.invoked_subcommand in _TRAINING_COMMANDS:
-        import lightning  # noqa: F401  (its import adds a console handler and resets levels)
-    for name in (None, *_LIGHTNING_LOGGERS):  # root, and the handlers Lightning adds itself
-        _filter_handlers(name, quiet)
+    _quiet["on"] = not (verbose or debug)
+    _filter_handlers(None, _quiet["on"])
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's INFO lines (hardware, the "tip" banner) for --verbose.
+
+    Call it once Lightning is about to run: its import adds its own console handler and
+    resets its loggers to INFO, so the records came out twice, through that handler and the
+    root one. Importing it in `_root` instead would cost every quick error seconds.
+    """
+    import lightning  # noqa: F401
+
+    for name in _LIGHTNING_LOGGERS:
+        _filter_handlers(name, _quiet["on"])
 
 
 def _filter_handlers(logger: str | None, quiet: bool) -> None:
-    """Lightning announces hardware and a "tip" at INFO on every fit, through its own console
-    handler and again through the root one; keep them for --verbose. A handler filter, not a
-    logger level: importing Lightning sets its loggers back to INFO."""
+    """A handler filter, not a logger level: Lightning resets its loggers' levels."""
     for handler in logging.getLogger(logger).handlers:
         for old in [f for f in handler.filters if isinstance(f, _QuietLightning)]:
             handler.removeFilter(old)

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cxrlab.cli.app import app, console
+from cxrlab.cli.app import app, console, quiet_lightning
 from cxrlab.cli.options import NOT_GIVEN as _NOT_GIVEN  # a flag not given keeps the file's
 from cxrlab.config import Accelerator, Optimizer, Precision, Schedule, Strategy
 
@@ -79,6 +79,8 @@ def train_command(
 ) -> None:
     """Train a multi-label classifier; writes RUN_DIR/models/NAME (checkpoints, metrics)."""
     from cxrlab.train.engine import resolve_config, train_model
+
+    quiet_lightning()
 
     overrides = {
         "model.name": model,

@@ -254,6 +254,8 @@ def _run_tasks(
 def _watch_parent(parent: int) -> None:
     """Worker initializer: exit when the building process is gone (killed with SIGKILL, it
     cannot stop its pool), instead of decoding on as an orphan."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the builder there
+        return
 
     def watch() -> None:
         while _alive(parent):

@@ -147,7 +147,8 @@ def _fit(folder: ModelDir, config, data: RunData, resume: bool, callbacks, progr
         if stop is None:
             raise
         done = len(metrics_cb.rows)
-        _write_run_files(folder, config, data, settings, {"interrupted": _now(), "epochs": done})
+        stopped = {"at": _now(), "by": stop.name, "epochs_saved": done}
+        _write_run_files(folder, config, data, settings, {"interrupted": stopped})
         message = _interrupted_message(folder, data, stop.name, done)
         raise Interrupted(message, stop.exit_code) from None
     finally:
