@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from cxrlab.config import DataConfig, build, load_yaml
 from cxrlab.data.cache import DONE_FILE, IMAGES_FILE, build_cache, open_cache
@@ -192,16 +192,29 @@ def test_train_and_prepare_of_one_run_exclude_each_other(tmp_path: Path, capsys)
 
 # ---- the image cache ---------------------------------------------------------------------------
 #: build_cache with two workers over PATHS (json) into CACHE; reports worker pids as it goes.
+#: The forkserver preloads `stuck_reader` (written by the test), so every worker has it.
 _BUILD_TWO_WORKERS = """
 import json, multiprocessing, sys
 from pathlib import Path
 import cxrlab.data.cache as cache
-cache._check_files_exist = lambda paths: None  # one path is a FIFO, not a regular file
+multiprocessing.get_context("forkserver").set_forkserver_preload(["stuck_reader"])
 paths, out = json.loads(sys.argv[1]), Path(sys.argv[2])
 def progress(done, total):
     pids = [p.pid for p in multiprocessing.active_children()]
     (out.parent / "workers.json").write_text(json.dumps(pids))
 cache.build_cache(paths, [Path(p).name for p in paths], out, size=16, workers=2, progress=progress)
+"""
+
+#: In the workers: reading the image named $CXRLAB_TEST_STUCK never ends (a hung NFS read).
+_STUCK_READER = """
+import os, time
+import cxrlab.data.cache as cache
+read = cache.read_square_u8
+def read_or_hang(path, size):
+    if os.path.basename(str(path)) == os.environ["CXRLAB_TEST_STUCK"]:
+        time.sleep(3600)
+    return read(path, size)
+cache.read_square_u8 = read_or_hang
 """
 
 
@@ -213,44 +226,65 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
+def _pids_with_env(marker: str) -> list[int]:
+    """Processes whose environment holds `marker` (the ones this test started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_killed_two_worker_cache_build_keeps_finished_rows_and_its_workers_die(tmp_path: Path):
-    """One image is a FIFO nobody writes: its task never ends, the other 7 of 8 tasks (8 rows
-    each) do. They must be marked done while the build still runs, and survive SIGKILL."""
+    """One image hangs its worker for good; the other 7 of 8 tasks (8 rows each) finish.
+    Their rows must be marked done while the build still runs, and survive a SIGKILL."""
     n, chunk, stuck = 64, 8, 60
     paths = pngs(tmp_path / "images", n)
-    paths[stuck].unlink()
-    os.mkfifo(paths[stuck])
+    (tmp_path / "stuck_reader.py").write_text(_STUCK_READER)
+    marker = f"cxrlab-test-{os.getpid()}-{time.monotonic_ns()}"
+    build_env = {
+        **env(),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        "CXRLAB_TEST_STUCK": paths[stuck].name,
+        "CXRLAB_TEST_MARKER": marker,
+    }
     cache = tmp_path / "cache"
     builder = subprocess.Popen(
         [sys.executable, "-c", _BUILD_TWO_WORKERS, json.dumps(list(map(str, paths))), cache],
-        env=env(),
+        env=build_env,
     )
     done_file, workers_file = cache / DONE_FILE, tmp_path / "workers.json"
     try:
-        deadline, done = time.monotonic() + 90, 0
+        deadline, done = time.monotonic() + 60, 0
         while time.monotonic() < deadline and builder.poll() is None:
             if done_file.is_file() and done_file.stat().st_size == n:
                 done = int(np.count_nonzero(np.fromfile(done_file, dtype=np.uint8)))
             if done == n - chunk and workers_file.is_file():
                 break
             time.sleep(0.1)
+        assert builder.poll() is None, "the build ended by itself"
         assert done == n - chunk, f"{done} rows marked done while the build runs"
         workers = json.loads(workers_file.read_text())
         assert len(workers) == 2
+        builder.kill()
+        builder.wait()
+        deadline = time.monotonic() + 10
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(pid) for pid in workers), "cache workers outlived the killed build"
     finally:
         builder.kill()
         builder.wait()
-        try:  # free a reader still blocked on the FIFO (old code leaves one behind)
-            os.close(os.open(paths[stuck], os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
-    deadline = time.monotonic() + 10
-    while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(_gone(pid) for pid in workers), "cache workers outlived the killed build"
+        for pid in _pids_with_env(marker):  # what old code leaves behind: its workers
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
-    paths[stuck].unlink()
-    Image.fromarray(np.full((24, 20), 7, dtype=np.uint8)).save(paths[stuck])
     ids = [p.name for p in paths]
     info = build_cache(paths, ids, cache, size=16, workers=1, progress=False)
     assert (info.reused, info.decoded) == (n - chunk, chunk)
