@@ -219,3 +219,15 @@ def test_interrupted_stage_is_not_taken_for_finished(copy: Path, monkeypatch):
     result = _run(_study(), copy)  # back to the original config: train:a must run again
     assert result.ran()[0] == "train:a"
     assert (copy / "models" / "a" / "best.ckpt").read_bytes() != b"half a checkpoint"
+
+
+def test_damaged_checkpoint_is_trained_again_not_skipped(copy: Path):
+    """A full disk or a kill while copying may leave a truncated checkpoint behind a "done"
+    stage; the next run must notice it, not skip the stage forever."""
+    from cxrlab.models.checkpoint import check_readable
+
+    last = copy / "models" / "a" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    result = _run(_study(), copy)
+    assert result.ran()[0] == "train:a" and "train:b" in result.skipped()
+    check_readable(last)  # whole again

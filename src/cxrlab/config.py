@@ -390,6 +390,14 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
-    """Read a study YAML; `overrides` (dotted keys) come from CLI flags."""
-    data = merge_overrides(load_yaml(path), overrides or {})
+    """Read a study YAML; `overrides` (dotted keys) come from CLI flags.
+
+    An empty file is refused: it would silently launch the whole default study."""
+    raw = load_yaml(path)
+    if not raw:
+        raise ConfigError(
+            f"{path} is empty (no sections); a study names at least its models or data, "
+            "e.g. start from src/cxrlab/configs/demo.yaml"
+        )
+    data = merge_overrides(raw, overrides or {})
     return build(StudyConfig, data, source=str(path))

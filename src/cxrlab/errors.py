@@ -41,3 +41,18 @@ class EvaluationError(CxrError):
 
 class StageError(CxrError):
     """A stage of `cxrlab run` failed; the message names the stage."""
+
+
+class BusyError(CxrError):
+    """A run directory or model folder is locked by another cxrlab process."""
+
+
+class Interrupted(CxrError):
+    """The process was asked to stop (SIGTERM, Ctrl-C); `exit_code` is 143 or 130.
+
+    The message says what was finished and how to continue (e.g. `--resume`).
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

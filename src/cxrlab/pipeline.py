@@ -31,6 +31,7 @@ from cxrlab.config import (
 )
 from cxrlab.data.cache import META_FILE
 from cxrlab.errors import StageError
+from cxrlab.locking import exclusive
 from cxrlab.rundir import RunDir, SplitDir
 from cxrlab.runinfo import (
     package_versions,
@@ -42,7 +43,6 @@ from cxrlab.runinfo import (
 )
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -73,12 +73,15 @@ class _Ledger:
         self.path = paths.stages
         self.entries: dict[str, dict] = read_json(self.path) if self.path.is_file() else {}
 
-    def fresh(self, stage: str, key: str, outputs: list[Path]) -> bool:
+    def fresh(
+        self, stage: str, key: str, outputs: list[Path], valid: Callable[[], bool] | None = None
+    ) -> bool:
         entry = self.entries.get(stage, {})
         return (
             entry.get("status") == "done"
             and entry.get("key") == key
             and all(p.exists() for p in outputs)
+            and (valid is None or valid())
         )
 
     def record(self, stage: str, key: str, status: str, seconds: float, error: str = "") -> None:
@@ -114,6 +117,10 @@ class Study:
     # -- running ------------------------------------------------------------------------
     def run(self) -> StudyResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive(self.paths.lock, f"run directory {self.run_dir}"):
+            return self._run()
+
+    def _run(self) -> StudyResult:
         self.ledger = _Ledger(self.paths)
         write_atomic(self.paths.study_yaml, to_yaml(self.config))
         write_json(self.paths.versions, package_versions())
@@ -129,8 +136,15 @@ class Study:
         self._stage_report()
         return self.result
 
-    def _step(self, stage: str, key: str, outputs: list[Path], work: Callable[[], Any]) -> None:
-        if self.ledger.fresh(stage, key, outputs):
+    def _step(
+        self,
+        stage: str,
+        key: str,
+        outputs: list[Path],
+        work: Callable[[], Any],
+        valid: Callable[[], bool] | None = None,
+    ) -> None:
+        if self.ledger.fresh(stage, key, outputs, valid):
             record = StageRecord(stage, "skipped", detail="inputs unchanged")
             self.result.records.append(record)
             self.on_stage(record)
@@ -170,7 +184,11 @@ class Study:
             key = sha256_json(data.model_dump(exclude={"workers"}))
         outputs = [self.paths.cohort, self.paths.split_summary, self.paths.cache / META_FILE]
         self._step(
-            "prepare", key, outputs, lambda: prepare(data, self.run_dir, progress=self.progress)
+            "prepare",
+            key,
+            outputs,
+            # the study's models are retrained whenever the data changes (their key has it)
+            lambda: prepare(data, self.run_dir, progress=self.progress, overwrite=True),
         )
         return read_json(self.paths.split_summary)["split_hash"]
 
@@ -183,17 +201,21 @@ class Study:
         )
 
     def _stage_train(self, entry: ModelEntry, split_hash: str) -> None:
+        from cxrlab.models.checkpoint import is_readable
         from cxrlab.train.engine import train_model
 
         experiment = experiment_of(entry)
         key = sha256_json([experiment.model_dump(mode="json"), split_hash])
+        folder = self.paths.model(entry.name)
         self._step(
             f"train:{entry.name}",
             key,
-            [self.paths.model(entry.name).best_ckpt],
+            [folder.best_ckpt],
             lambda: train_model(
                 self.run_dir, experiment, entry.name, overwrite=True, progress_bar=self.progress
             ),
+            # a checkpoint damaged since (full disk, kill while copied) trains again
+            valid=lambda: is_readable(folder.best_ckpt) and is_readable(folder.last_ckpt),
         )
 
     def _ckpt_key(self, name: str) -> str:

@@ -37,6 +37,7 @@ THRESHOLDS_FILE = "thresholds.json"
 PREDICTIONS_FILE = "predictions.csv"
 PREDICTIONS_META = "predictions.json"
 METRICS_FILE = "metrics.json"
+LOCK_FILE = ".cxrlab.lock"  # held by the process writing the folder (cxrlab.locking)
 COMPARE = "compare"  # reports/compare/<split>: the model comparison, not a model
 EXPLAIN = "explain"  # reports/<name>/explain: Grad-CAM, not a split
 
@@ -112,10 +113,17 @@ class ModelDir:
     def thresholds(self) -> Path:
         return self.path / THRESHOLDS_FILE
 
-    #: Files whose presence means the folder has trained (config/run.json come first).
-    TRAINED = (BEST_CKPT, LAST_CKPT, METRICS_CSV)
+    @property
+    def lock(self) -> Path:
+        """models/.<name>.cxrlab.lock, held by the `train` writing this folder. Beside the
+        folder, not in it: Lightning warns about a non-empty checkpoint folder."""
+        return self.path.parent / f".{self.path.name}{LOCK_FILE}"
+
+    #: Files whose presence means the folder has something to resume (config.yaml, run.json
+    #: and metrics.csv are written when fitting starts, before the first checkpoint).
+    TRAINED = (BEST_CKPT, LAST_CKPT)
     #: Everything a training run owns (thresholds from an older run are stale).
-    ARTIFACTS = (*TRAINED, CONFIG_FILE, RUN_FILE, THRESHOLDS_FILE)
+    ARTIFACTS = (*TRAINED, METRICS_CSV, CONFIG_FILE, RUN_FILE, THRESHOLDS_FILE)
 
     def is_trained(self) -> bool:
         return self.best_ckpt.is_file()
@@ -158,6 +166,16 @@ class RunDir:
     def cache(self) -> Path:
         return self.data / "cache"
 
+    @property
+    def data_lock(self) -> Path:
+        """Held by the `prepare` writing data/."""
+        return self.data / LOCK_FILE
+
+    @property
+    def lock(self) -> Path:
+        """Held by the `cxrlab run` working in this directory."""
+        return self.root / LOCK_FILE
+
     def require_prepared(self) -> None:
         """`DataError` with the command to run unless data/cohort.csv exists."""
         if not self.root.is_dir():
@@ -181,6 +199,17 @@ class RunDir:
         if not self.models.is_dir():
             return []
         return sorted(p.name for p in self.models.iterdir() if ModelDir(p).is_trained())
+
+    def model_locks(self) -> dict[str, Path]:
+        """{model name: its lock file} for every model folder that was ever trained here."""
+        if not self.models.is_dir():
+            return {}
+        suffix = LOCK_FILE
+        return {
+            p.name[1 : -len(suffix)]: p
+            for p in sorted(self.models.glob(f".*{suffix}"))
+            if p.is_file() and len(p.name) > len(suffix) + 1
+        }
 
     def trained_model(self, name: str) -> ModelDir:
         """models/<name>, checked to hold best.ckpt; the error lists the trained models."""

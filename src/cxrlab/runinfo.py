@@ -7,9 +7,11 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _PACKAGES = (
     "cxrlab",
@@ -51,19 +53,50 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write text so that a killed process leaves either the old file or the new one."""
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temp file beside `path` for writing; on success sync it and `os.replace` it
+    onto `path`, on any failure (a full disk, a signal) remove it.
+
+    So a reader, or the next run after a kill, finds either the old file or the whole new
+    one, never a truncated one. The one atomic-write helper: text, JSON and checkpoints all
+    go through it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep what open() would give
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write or fsync names no file: name the target
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def _file_mode(path: Path) -> int:
+    """The replaced file's permissions, or those of a new file under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write text so that a killed process leaves either the old file or the new one."""
+    with atomic_file(path) as handle:
+        handle.write(text)
+    return Path(path)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

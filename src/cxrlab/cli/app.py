@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from cxrlab import __version__
 from cxrlab.errors import CxrError
+from cxrlab.signals import StopRequested, stop_signal, stops_raise
 
 app = typer.Typer(
     name="cxrlab",
@@ -34,6 +36,10 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+_LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+_quiet = {"on": True}  # no --verbose/--debug for this invocation
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(
@@ -47,24 +53,90 @@ def _root(
         level=logging.DEBUG if debug else (logging.INFO if verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    # Lightning announces hardware and tips at INFO on every fit; keep them for --verbose.
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose or debug else logging.WARNING)
+    _quiet["on"] = not (verbose or debug)
+    _filter_handlers(None, _quiet["on"])
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's INFO lines (hardware, the "tip" banner) for --verbose.
+
+    Call it once Lightning is about to run: its import adds its own console handler and
+    resets its loggers to INFO, so the records came out twice, through that handler and the
+    root one. Importing it in `_root` instead would cost every quick error seconds.
+    """
+    import lightning  # noqa: F401
+
+    for name in _LIGHTNING_LOGGERS:
+        _filter_handlers(name, _quiet["on"])
+
+
+def _filter_handlers(logger: str | None, quiet: bool) -> None:
+    """A handler filter, not a logger level: Lightning resets its loggers' levels."""
+    for handler in logging.getLogger(logger).handlers:
+        for old in [f for f in handler.filters if isinstance(f, _QuietLightning)]:
+            handler.removeFilter(old)
+        if quiet:
+            handler.addFilter(_QuietLightning())
+
+
+class _QuietLightning(logging.Filter):
+    """Drops Lightning's records below WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(
+            ("lightning", "pytorch_lightning")
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning CxrError into one line + exit 1.
+    """Console-script entry point: run the app; the one place errors become exit codes.
 
-    Typer's standalone mode handles everything else the way click users expect: usage errors
-    (a short message, exit 2), `--help`, `typer.Exit` codes and Ctrl-C (exit 130). Typer
-    vendors its own click, so its exceptions are not `click.ClickException`s; leaving them to
-    typer keeps that detail out of this module.
+    - `CxrError`: one `error:` line, exit 1 (or the error's `exit_code`: an interrupted
+      training run says how to resume and exits 143/130).
+    - `OSError` (a read-only folder, a full disk, a permission): one line naming the path.
+    - SIGTERM / Ctrl-C (`cxrlab.signals`): one line, exit 143 / 130.
+
+    Typer's standalone mode handles the rest the way click users expect: usage errors (a
+    short message, exit 2), `--help` and `typer.Exit` codes. Typer vendors its own click, so
+    its exceptions are not `click.ClickException`s; leaving them to typer keeps that detail
+    out of this module.
     """
     _debug["on"] = False
     try:
-        app(args=argv, standalone_mode=True)  # ends in SystemExit, with the command's code
+        with stops_raise():
+            app(args=argv, standalone_mode=True)  # ends in SystemExit, with the command's code
     except CxrError as exc:
-        if _debug["on"] or os.environ.get(_DEBUG_ENV):
-            raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(exc, str(exc), getattr(exc, "exit_code", 1))
+    except OSError as exc:
+        _fail(exc, os_error_message(exc), 1)
+    except StopRequested as exc:
+        message = (
+            f"stopped by {exc.stop.name}; finished work is kept: run the same command again "
+            "to continue (train: add --resume)"
+        )
+        _fail(exc, message, exc.stop.exit_code)
+
+
+def _fail(exc: BaseException, message: str, code: int) -> None:
+    if (_debug["on"] or os.environ.get(_DEBUG_ENV)) and stop_signal(exc) is None:
+        raise exc
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+#: What to do about the OSErrors a user can fix.
+_OS_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere; finished work is kept",
+    errno.EDQUOT: "free some space or write elsewhere; finished work is kept",
+    errno.EROFS: "use a writable run directory, or copy it somewhere writable",
+    errno.EACCES: "use a folder you may write to",
+    errno.EPERM: "use a folder you may write to",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """`PATH: strerror (what to do)` for an OSError, the path first so it is seen."""
+    where = exc.filename if exc.filename is not None else "a file"
+    hint = _OS_HINTS.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{where}: {text}" + (f" ({hint})" if hint else "")

@@ -72,6 +72,11 @@ def prepare_command(
     drop_missing: bool = typer.Option(False, help="Drop listed images that are missing."),
     workers: int = from_config(DataConfig, "workers", help="Processes decoding images."),
     seed: int = from_config(DataConfig, "seed", help="Seed for cohort selection and split."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace OUT's data even though its trained models were trained on other data.",
+    ),
 ) -> None:
     """Select a cohort, split it by patient and build the image cache in OUT/data."""
     from cxrlab.config import build
@@ -99,7 +104,7 @@ def prepare_command(
         },
         source="prepare options",
     )
-    result = prepare(options, out)
+    result = prepare(options, out, overwrite=overwrite)
     print_prepare(result)
 
 

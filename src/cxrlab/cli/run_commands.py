@@ -7,11 +7,13 @@ from pathlib import Path
 
 import typer
 
-from cxrlab.cli.app import app, console
+from cxrlab.cli.app import app, console, quiet_lightning
 from cxrlab.rundir import RunDir
 
 
 def _on_stage(record) -> None:
+    if record.name == "prepare":  # training comes next: Lightning's INFO lines per --verbose
+        quiet_lightning()
     if record.status == "skipped":
         console.print(f"[dim]- {record.name}: skipped ({record.detail})[/]")
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cxrlab.cli.app import app, console
+from cxrlab.cli.app import app, console, quiet_lightning
 from cxrlab.cli.options import NOT_GIVEN as _NOT_GIVEN  # a flag not given keeps the file's
 from cxrlab.config import TRAIN_OPTIONS, Accelerator, Optimizer, Precision, Schedule, Strategy
 
@@ -80,7 +80,8 @@ def train_command(
     """Train a multi-label classifier; writes RUN_DIR/models/NAME (checkpoints, metrics)."""
     from cxrlab.train.engine import resolve_config, train_model
 
-    given = locals()  # every flag, by its name in TRAIN_OPTIONS
+    given = dict(locals())  # every flag, by its name in TRAIN_OPTIONS
+    quiet_lightning()
     overrides = {dotted: given[flag] for flag, dotted in TRAIN_OPTIONS.items()}
     overrides["model.weights"] = str(weights) if weights is not None else None
     overrides["train.devices"] = _devices(devices)

@@ -23,10 +23,12 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,11 @@ MAX_CHUNK = 64
 
 #: `progress` may be a callable; it receives (rows finished in this build, rows to build).
 ProgressFn = Callable[[int, int], None]
+
+#: Free space kept beyond the cache itself (meta.json, the other prepare files).
+SPACE_MARGIN = 1 << 20
+#: How often (s) a worker checks that the process that started it is still alive.
+PARENT_CHECK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ def build_cache(
         return CacheInfo(cache_dir, len(ids), size, digest, 0, reused, time.perf_counter() - start)
     _write_meta(cache_dir, {**meta, "complete": False})
     _check_files_exist([paths[i] for i in missing])
+    _check_free_space(cache_dir, int(missing.size) * size * size)
     logger.info(
         "caching %d images (%d already done) with %d worker(s)", missing.size, reused, workers
     )
@@ -136,6 +144,25 @@ def _check_files_exist(paths: list[Path]) -> None:
             f"{len(absent)} of {len(paths)} image files to cache are missing, "
             f"first: {absent[0]}; check the data root"
         )
+
+
+def _check_free_space(cache_dir: Path, needed: int) -> None:
+    """`DataError` before decoding when the rows still to write cannot fit on the disk.
+
+    images.u8 is sparse: rows not yet written take no space, so a full disk would
+    otherwise only show up as ENOSPC part-way through the build.
+    """
+    free = shutil.disk_usage(cache_dir).free
+    if needed + SPACE_MARGIN > free:
+        raise DataError(
+            f"the image cache needs {_mb(needed + SPACE_MARGIN)} in {cache_dir} but only "
+            f"{_mb(free)} is free; free some space, choose a smaller --image-size or "
+            "--n-images, or prepare into another --out"
+        )
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB"
 
 
 def _reset_unless_matching(cache_dir: Path, ids: list[str], size: int, digest: str) -> dict:
@@ -204,18 +231,52 @@ def _run_tasks(
     # can deadlock. Workers import only numpy, Pillow and cxrlab.data.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_watch_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         pending: set[Future] = {
             pool.submit(_write_rows, images, size, rows, [paths[i] for i in rows]) for rows in tasks
         }
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            # Successful tasks first, so their rows are marked done before an error surfaces.
+            # Each task's rows are marked done as soon as it finishes, so a kill loses only
+            # the tasks in flight; an error surfaces after the successes that came with it.
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in sorted(finished, key=lambda f: f.exception() is not None):
                 yield _result_of(future)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: exit when the building process is gone (killed with SIGKILL, it
+    cannot stop its pool), instead of decoding on as an orphan."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the builder there
+        return
+
+    def watch() -> None:
+        while _alive(parent):
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cxrlab-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed builder whose parent has not reaped it yet is a zombie: gone too
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): os.kill's answer stands
+    return state != "Z"
 
 
 def _result_of(future: Future) -> list[int]:
@@ -383,7 +444,15 @@ def open_cache(cache_dir: str | Path) -> CachedImages:
     n, size = int(meta["n"]), int(meta["size"])
     done = _count_done(cache_dir / DONE_FILE, n)
     expected = n * size * size
-    if not meta.get("complete") or done != n or _file_size(cache_dir / IMAGES_FILE) != expected:
+    actual = _file_size(cache_dir / IMAGES_FILE)
+    if actual != expected and meta.get("complete") and done == n:
+        found = "missing" if actual < 0 else f"{actual} bytes"
+        raise DataError(
+            f"{cache_dir / IMAGES_FILE} is {found} but {n} images at {size}x{size} take "
+            f"{expected} bytes (truncated or replaced after it was built); run `cxrlab prepare` "
+            "again to rebuild it"
+        )
+    if not meta.get("complete") or done != n or actual != expected:
         raise DataError(
             f"image cache at {cache_dir} is incomplete ({done} of {n} images done); "
             "run `cxrlab prepare` again to finish it"

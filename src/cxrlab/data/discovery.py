@@ -21,13 +21,16 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from cxrlab.data.imaging import SUPPORTED_SUFFIXES
 from cxrlab.download.manifest import missing_hint
 from cxrlab.errors import DataError
 from cxrlab.labels import IMAGE_INDEX
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+#: Every format the reader decodes (PNG, JPEG, DICOM, NIfTI): a `.dcm` listed in Data_Entry
+#: is an image, not a missing file.
+IMAGE_SUFFIXES: tuple[str, ...] = SUPPORTED_SUFFIXES
 _KAGGLE_PART = re.compile(r"^images_\d+$")
 #: How many missing names an error message shows.
 SHOW_MISSING = 5

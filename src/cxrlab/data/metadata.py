@@ -141,14 +141,41 @@ def read_data_entry(path: str | Path) -> pd.DataFrame:
             "view": _choice_column(raw["View Position"], "View Position", VIEWS, where),
         }
     )
+    _warn_implausible_ages(out["age"], where)
     log.info("read %d rows, %d patients from %s", len(out), out[PATIENT_ID].nunique(), path)
     return out
+
+
+#: Older than anyone recorded alive; the 2017 release has a few such ages (e.g. 412).
+MAX_PLAUSIBLE_AGE = 120
+
+
+def _warn_implausible_ages(ages: np.ndarray, where) -> None:
+    """Keep ages as recorded (the 2017 file is valid NIH data) but never silently."""
+    bad = np.flatnonzero(ages > MAX_PLAUSIBLE_AGE)
+    if len(bad):
+        i = int(bad[0])
+        log.warning(
+            "%d row(s) have a Patient Age above %d, e.g. %d at %s: recording errors of the 2017"
+            " release (the 2020 revision fixes them); kept as recorded, leave them out with"
+            " --age-max %d",
+            len(bad),
+            MAX_PLAUSIBLE_AGE,
+            ages[i],
+            where(i),
+            MAX_PLAUSIBLE_AGE,
+        )
 
 
 def _read_entry_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"metadata file {path} does not exist")
     header = [cell.strip() for cell in _read_header(path)]
+    if not any(header):
+        raise DataError(
+            f"{path} is empty; a Data_Entry file starts with the header "
+            f"{','.join(REQUIRED_COLUMNS)} and has one row per image"
+        )
     missing = [col for col in REQUIRED_COLUMNS if col not in header]
     if missing:
         raise DataError(
@@ -165,6 +192,8 @@ def _read_entry_csv(path: Path) -> pd.DataFrame:
         usecols=lambda col: col.strip() in REQUIRED_COLUMNS,
     )
     raw.columns = [col.strip() for col in raw.columns]
+    if raw.empty:
+        raise DataError(f"{path} has a header but no rows; it should list one row per image")
     return raw.apply(lambda col: col.str.strip())
 
 

@@ -29,8 +29,9 @@ from cxrlab.data.metadata import (
 from cxrlab.data.split import check_leakage, official_split, split_patients, split_summary
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
+from cxrlab.locking import exclusive, require_free
 from cxrlab.rundir import RunDir
-from cxrlab.runinfo import package_versions, write_atomic, write_json
+from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,25 @@ class PrepareResult:
     notes: list[str] = field(default_factory=list)
 
 
-def prepare(options: DataConfig, out: str | Path, *, progress: bool = True) -> PrepareResult:
-    """Run the prepare stage for `options` into `out/data`; safe to re-run (cache resumes)."""
+def prepare(
+    options: DataConfig, out: str | Path, *, progress: bool = True, overwrite: bool = False
+) -> PrepareResult:
+    """Run the prepare stage for `options` into `out/data`; safe to re-run (cache resumes).
+
+    Holds `data/`'s lock (a second prepare of the same run is refused). New data that the
+    run's trained models were not trained on (another split, size or targets) is refused
+    unless `overwrite`: those models would stop being usable.
+    """
     if not options.data_root:
         raise ConfigError("prepare needs a data root (--data-root DIR in NIH layout)")
     paths = RunDir(out)
+    with exclusive(paths.data_lock, f"run directory {paths.root} (data/)"):
+        for name, lock in paths.model_locks().items():  # no training reads data/ meanwhile
+            require_free(lock, f"model {name!r} of {paths.root} (being trained)")
+        return _prepare(options, paths, progress, overwrite)
+
+
+def _prepare(options: DataConfig, paths: RunDir, progress: bool, overwrite: bool):
     files = find_metadata_files(options.data_root)
     entries = read_data_entry(files.data_entry)
     resolved = resolve_images(entries, files.root, drop_missing=options.drop_missing)
@@ -72,6 +87,9 @@ def prepare(options: DataConfig, out: str | Path, *, progress: bool = True) -> P
     targets = list(options.pathologies)
     summary = split_summary(cohort, targets)
     summary.update(split=options.split, seed=options.seed)
+    _check_splits_nonempty(summary, options)
+    if not overwrite:
+        _check_models_keep_working(paths, summary, options)
     paths.data.mkdir(parents=True, exist_ok=True)
     table = cohort_table(cohort, targets)
     write_atomic(paths.cohort, table.to_csv(index=False))
@@ -96,6 +114,43 @@ def prepare(options: DataConfig, out: str | Path, *, progress: bool = True) -> P
         cache=cache,
         n_boxes=n_boxes,
     )
+
+
+def _check_splits_nonempty(summary: dict, options: DataConfig) -> None:
+    """Training needs train and val images, evaluation test images: none may be empty."""
+    empty = [name for name, part in summary["splits"].items() if not part["images"]]
+    if empty:
+        sizes = ", ".join(f"{k} {v['images']}" for k, v in summary["splits"].items())
+        raise DataError(
+            f"the {' and '.join(empty)} split(s) would be empty ({sizes} images of "
+            f"{summary['n_images']}, val={options.val}, test={options.test}); choose more "
+            "images (--n-images) or larger --val/--test shares"
+        )
+
+
+def _check_models_keep_working(paths: RunDir, summary: dict, options: DataConfig) -> None:
+    """ConfigError when trained models exist and the new data differs from what they were
+    trained on (split hash, image size, targets)."""
+    trained = paths.trained_models()
+    if not trained or not paths.split_summary.is_file():
+        return
+    old_summary = read_json(paths.split_summary)
+    old_options = (
+        read_json(paths.prepare_json).get("options", {}) if paths.prepare_json.is_file() else {}
+    )
+    changes = []
+    if old_summary.get("split_hash") != summary["split_hash"]:
+        changes.append("the cohort or split")
+    if old_options.get("image_size") not in (None, options.image_size):
+        changes.append(f"the image size ({old_options['image_size']} -> {options.image_size})")
+    if list(old_summary.get("targets", [])) != list(summary["targets"]):
+        changes.append("the targets")
+    if changes:
+        raise ConfigError(
+            f"{paths.root} holds trained models ({', '.join(trained)}) and this prepare changes "
+            f"{', '.join(changes)}: they could no longer be evaluated. Prepare into another "
+            "--out, or pass --overwrite to replace the data (then retrain those models)"
+        )
 
 
 def _select(pool: pd.DataFrame, options: DataConfig) -> pd.DataFrame:

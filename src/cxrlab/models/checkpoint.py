@@ -7,6 +7,9 @@ analysis, Grad-CAM and serving load models through here.
 
 from __future__ import annotations
 
+import json
+import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +24,44 @@ from cxrlab.rundir import ModelDir
 
 if TYPE_CHECKING:
     from cxrlab.data.rundata import RunData
+
+log = logging.getLogger(__name__)
+
+#: What to do about a damaged checkpoint, unless the caller knows better.
+DAMAGED_FIX = (
+    "it was cut short (a full disk, or a kill while it was copied): restore it from a copy, "
+    "or train the model again with --overwrite"
+)
+
+
+def check_readable(path: str | Path, fix: str = DAMAGED_FIX) -> None:
+    """`ModelError` naming `path` and `fix` unless it is a whole torch checkpoint.
+
+    torch writes a zip archive; a truncated one has no central directory and a corrupted
+    member fails its CRC. Cheaper and clearer than unpickling to find out.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise ModelError(f"checkpoint {path} is damaged ({_first_line(exc)}); {fix}") from None
+    if bad is not None:
+        raise ModelError(f"checkpoint {path} is damaged (member {bad} fails its CRC); {fix}")
+
+
+def is_readable(path: str | Path) -> bool:
+    """Whether `path` exists and passes `check_readable`."""
+    try:
+        check_readable(path)
+    except ModelError:
+        return False
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def build_network(config: ExperimentConfig, num_classes: int, *, pretrained: bool) -> nn.Module:
@@ -50,10 +91,11 @@ def load_model_from_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} not found")
+    check_readable(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors have many types
-        raise ModelError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
     info = checkpoint.get("cxrlab") if isinstance(checkpoint, dict) else None
     if not info or "config" not in info:
         raise ModelError(f"{path} is not a cxrlab training checkpoint (no 'cxrlab' block)")
@@ -98,7 +140,28 @@ def load_trained(run: RunData, name: str, device: str | torch.device = "cpu") ->
     target = resolve_device(device)
     model, info = load_model_from_checkpoint(folder.best_ckpt, map_location=target)
     check_compatible(info, run, folder.best_ckpt)
+    _warn_if_unfinished(folder, info)
     return TrainedModel(name, model, info, folder, target)
+
+
+def _warn_if_unfinished(folder: ModelDir, info: dict[str, Any]) -> None:
+    """Warn when run.json says training never finished (stopped, killed, or still running)."""
+    try:
+        run = json.loads(folder.run_json.read_text())
+    except (OSError, ValueError):
+        return  # no run.json (a checkpoint from elsewhere): nothing to say
+    if run.get("finished"):
+        return
+    state = "was stopped" if run.get("interrupted") else "has not finished (killed, or running)"
+    log.warning(
+        "training of model %r %s; using its best checkpoint so far (epoch %s). Finish it with "
+        "`cxrlab train %s --name %s --resume`",
+        folder.name,
+        state,
+        info.get("epoch"),
+        folder.path.parent.parent,
+        folder.name,
+    )
 
 
 def check_compatible(info: dict[str, Any], run: RunData, checkpoint: str | Path) -> None:

@@ -37,9 +37,12 @@ from cxrlab.config import (
     to_yaml,
 )
 from cxrlab.data.rundata import RunData, load_run_data
-from cxrlab.errors import ConfigError, DataError
+from cxrlab.errors import ConfigError, DataError, Interrupted
+from cxrlab.locking import exclusive, require_free
+from cxrlab.models.checkpoint import check_readable
 from cxrlab.rundir import ModelDir, RunDir, check_folder_name
 from cxrlab.runinfo import package_versions, read_json, write_atomic, write_json
+from cxrlab.signals import stop_signal
 from cxrlab.train.callbacks import MetricsCSV
 from cxrlab.train.data import make_loader, pos_weight
 from cxrlab.train.module import ChestXrayClassifier
@@ -100,33 +103,79 @@ def train_model(
     name = name or config.model.name
     data = load_run_data(run_dir)
     folder = data.paths.model(name)
-    if resume:
-        _check_resumable(folder, config, data)
-    else:
-        _start_fresh(folder, overwrite)
-    with isolated_seed(config.train.seed):  # the caller's RNGs and environment come back
-        return _fit(folder, config, data, resume, callbacks, progress_bar)
+    with _model_lock(folder, data.paths):
+        if resume:
+            _check_resumable(folder, config, data)
+        else:
+            _start_fresh(folder, overwrite)
+        with isolated_seed(config.train.seed):  # the caller's RNGs and environment come back
+            return _fit(folder, config, data, resume, callbacks, progress_bar)
+
+
+@contextmanager
+def _model_lock(folder: ModelDir, paths: RunDir) -> Iterator[None]:
+    """Hold models/<name>'s lock, and refuse while a `prepare` rewrites data/ (rank 0 only:
+    the DDP workers Lightning launches re-run `train_model` while rank 0 holds it)."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    with exclusive(folder.lock, f"model folder {folder.path}"):
+        require_free(paths.data_lock, f"run directory {paths.root} (data/, being prepared)")
+        yield
 
 
 def _fit(folder: ModelDir, config, data: RunData, resume: bool, callbacks, progress_bar):
     model_dir = folder.path
     settings = trainer_settings(config.train)
     started = _now()
-    run_files = _RunFiles(
-        lambda: _write_run_files(folder, config, data, settings, {"started": started})
-    )
+    # "finished"/"interrupted" of an earlier attempt no longer hold once this one starts.
+    begin = {"started": started, "finished": None, "interrupted": None}
+    run_files = _RunFiles(lambda: _write_run_files(folder, config, data, settings, begin))
     metrics_cb = MetricsCSV(folder.metrics_csv, data.targets)
+    guard = _SeesExceptions()
     trainer = make_trainer(
-        config, model_dir, settings, metrics_cb, [run_files, *callbacks], progress_bar
+        config, model_dir, settings, metrics_cb, [run_files, guard, *callbacks], progress_bar
     )
     module = _make_module(config, data, folder.name, pretrained=not resume)
     loaders = [_loader(data, split, config.train, settings) for split in ("train", "val")]
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         trainer.fit(module, *loaders, ckpt_path=folder.last_ckpt if resume else None)
+    except BaseException as exc:
+        # Lightning answers Ctrl-C with sys.exit(1); the callback saw the KeyboardInterrupt.
+        stop = stop_signal(exc) or stop_signal(guard.seen)
+        if stop is None:
+            raise
+        done = len(metrics_cb.rows)
+        stopped = {"at": _now(), "by": stop.name, "epochs_saved": done}
+        _write_run_files(folder, config, data, settings, {"interrupted": stopped})
+        message = _interrupted_message(folder, data, stop.name, done)
+        raise Interrupted(message, stop.exit_code) from None
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
     return _finish(trainer, metrics_cb, folder, config, data, settings, started)
+
+
+def _interrupted_message(folder: ModelDir, data: RunData, signal_name: str, done: int) -> str:
+    head = f"training of {folder.path} stopped by {signal_name}: interrupted at epoch {done}"
+    if done == 0:
+        return f"{head} before any epoch finished; nothing to resume: start it again"
+    saved = "epoch 0 is" if done == 1 else f"epochs 0-{done - 1} are"
+    return (
+        f"{head}; {saved} saved in {folder.last_ckpt}: continue with "
+        f"`cxrlab train {data.run_dir} --name {folder.name} --resume`"
+    )
+
+
+class _SeesExceptions(Callback):
+    """Remembers the exception Lightning reports to callbacks (it may exit instead of
+    re-raising it)."""
+
+    def __init__(self) -> None:
+        self.seen: BaseException | None = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.seen = exception
 
 
 @contextmanager
@@ -246,7 +295,11 @@ def _check_resumable(folder: ModelDir, config: ExperimentConfig, data: RunData) 
     model_dir = folder.path
     last, saved_path = folder.last_ckpt, folder.config
     if not last.is_file():
-        raise ConfigError(f"cannot resume: {last} not found; train without --resume first")
+        raise ConfigError(
+            f"cannot resume: {last} not found (no epoch of a run under that name finished); "
+            "train without --resume"
+        )
+    check_readable(last, fix="resume is not possible: train again with --overwrite")
     if saved_path.is_file():
         saved = build(ExperimentConfig, load_yaml(saved_path), source=str(saved_path))
         diffs = config_differences(saved, config, ignore=RESUME_MAY_DIFFER)

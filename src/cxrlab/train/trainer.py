@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -23,10 +24,12 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
     TQDMProgressBar,
 )
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cxrlab.config import ExperimentConfig, TrainConfig
 from cxrlab.errors import ConfigError
 from cxrlab.rundir import BEST_CKPT, LAST_CKPT
+from cxrlab.runinfo import atomic_file
 from cxrlab.train.callbacks import MetricsCSV
 
 #: The metric that picks best.ckpt and drives early stopping.
@@ -98,6 +101,25 @@ def checkpoints(model_dir: Path) -> list[ModelCheckpoint]:
     return [best, last]
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint I/O, but a checkpoint file is replaced atomically.
+
+    Lightning writes the bytes straight onto `last.ckpt`; a full disk or a kill in that
+    moment leaves a truncated file that `--resume` cannot read. Here the bytes go to a temp
+    file beside it, are synced, then `os.replace`d (`runinfo.atomic_file`): the previous
+    epoch's checkpoint stays whole until the new one is. Serialised in memory first (as
+    Lightning does) so a failed write is the file system's OSError, not torch's RuntimeError.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_file(path, "wb") as handle:
+            handle.write(buffer.getbuffer())
+
+
 def make_trainer(
     config: ExperimentConfig,
     model_dir: Path,
@@ -118,6 +140,7 @@ def make_trainer(
             **kwargs,
             max_epochs=config.train.epochs,
             callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
             logger=False,
             default_root_dir=model_dir,
             num_sanity_val_steps=0,
