@@ -50,7 +50,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 _SIGNAL_AT_EPOCH_1 = """
 import os, signal, sys
 import lightning as L
-import cxrlab.train.engine as engine
+from cxrlab.train import engine
 SIGNAL = getattr(signal, sys.argv.pop(1))
 class SignalAtEpoch1(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
@@ -67,7 +67,7 @@ _WAIT_FOR_FLAG = """
 import sys, time
 from pathlib import Path
 import lightning as L
-import cxrlab.train.engine as engine
+from cxrlab.train import engine
 FLAG = Path(sys.argv.pop(1))
 class Wait(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
