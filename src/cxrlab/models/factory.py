@@ -245,13 +245,13 @@ MIN_CAM_SIDE = 7
 
 
 def stage_sides(model: nn.Module, image_size: int) -> dict[str, int]:
-    """Side of each `feature_info` stage's map at `image_size`: ceil(S / reduction).
+    """A lower bound of each `feature_info` stage's map side at `image_size`: S // reduction.
 
-    timm's convolutions pad, so a stride-r stage of an S-pixel input is ceil(S / r) wide;
-    no forward pass is needed.
+    Padded convolutions give ceil(S / r) (EfficientNet's 4x4 at 112 px), pooling floor
+    (DenseNet's 3x3), so floor is a side every family reaches; no forward pass is needed.
     """
     list_layers(model)  # raises the usual error for a model without feature_info
-    return {s["module"]: -(-int(image_size) // int(s["reduction"])) for s in model.feature_info}
+    return {s["module"]: int(image_size) // int(s["reduction"]) for s in model.feature_info}
 
 
 def target_layer_name(
@@ -260,7 +260,7 @@ def target_layer_name(
     """Name of the module Grad-CAM hooks by default, for any family.
 
     The deepest `feature_info` stage whose map is at least `min_side` cells wide at
-    `image_size` (the shallowest stage when none is); without `image_size`, the
+    `image_size` (by `stage_sides`; the shallowest stage when none is); without `image_size`, the
     deepest stage. The deepest stage stands for the map `forward_features` returns (for
     EfficientNet that is `bn2`, after the 1x1 conv_head that the head pools).
     """
