@@ -482,3 +482,50 @@ def test_explain_on_real_nih_boxes_scores_every_boxed_test_positive(nih_dev, tmp
     assert sum(s["n"] for s in result["localization"].values()) >= 4  # 1-2 boxes per target
     pairs = pd.read_csv(Path(result["out_dir"]) / "localization_pairs.csv")
     assert set(pairs["pathology"]) <= set(result["localization"])  # Pneumonia boxes ignored
+
+
+# ---- faithfulness: deletion and insertion -----------------------------------------------------
+class _BoxEvidence(torch.nn.Module):
+    """logit = mean of the normalised input inside rows/cols 2..5 of an 8x8 image, minus 0.5:
+    only those 16 pixels are evidence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        weight = torch.zeros(1, 1, 8, 8)
+        weight[..., 2:6, 2:6] = 1 / 16
+        self.weight = torch.nn.Parameter(weight)
+        self.num_classes = 1
+
+    def forward(self, x):  # (B, 1, 8, 8) -> (B, 1)
+        return (x * self.weight).sum(dim=(2, 3)) - 0.5
+
+
+def test_deletion_and_insertion_rank_the_evidence_map_above_a_random_one():
+    from cxrlab.explain import faithfulness as fa
+
+    model = _BoxEvidence().eval()
+    image = np.zeros((1, 8, 8), np.uint8)
+    image[0, 2:6, 2:6] = 255  # the evidence, bright on black: the blur dims it
+    evidence = np.zeros((1, 8, 8), np.float32)
+    evidence[0, 2:6, 2:6] = 1 + np.arange(16).reshape(4, 4) / 100  # ranks inside the box
+    steps = 4  # f = 0, 1/4, ..., 1: 16 pixels per step; the box is the first step exactly
+    good = fa.deletion_insertion(model, image, [0], evidence, mean=(0.0,), std=(1.0,), steps=steps)
+    bad = fa.deletion_insertion(
+        model, image, [0], 1 - evidence, mean=(0.0,), std=(1.0,), steps=steps
+    )
+    sigmoid = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    p_image = sigmoid(1 - 0.5)
+    np.testing.assert_allclose(good.fractions, [0, 0.25, 0.5, 0.75, 1])
+    # Ends: nothing touched = the image; everything blurred = the blurred image, both curves.
+    assert good.deletion[0, 0] == pytest.approx(p_image, abs=1e-6)
+    assert good.insertion[0, -1] == pytest.approx(p_image, abs=1e-6)
+    assert good.deletion[0, -1] == pytest.approx(good.insertion[0, 0], abs=1e-6)
+    # After the first step the box is blurred (deletion) or restored (insertion) completely.
+    assert good.deletion[0, 1] == pytest.approx(good.deletion[0, -1], abs=1e-6)
+    assert good.insertion[0, 1] == pytest.approx(p_image, abs=1e-6)
+    # The inverted map touches the box last: the probability holds up under deletion.
+    assert bad.deletion[0, 3] == pytest.approx(p_image, abs=1e-6)
+    assert good.deletion_auc[0] < bad.deletion_auc[0]
+    assert good.insertion_auc[0] > bad.insertion_auc[0]
+    with pytest.raises(DataError, match="steps=0 should be >= 1"):
+        fa.deletion_insertion(model, image, [0], evidence, mean=(0.0,), std=(1.0,), steps=0)
