@@ -306,7 +306,7 @@ class ExplainConfig(_Section):
     per_group: int = Field(4, ge=0)  # gallery images per pathology and TP/FP/FN
     tolerance: float = Field(0.0, ge=0)  # pointing game: grow each box by this many px
     cam_threshold: float = Field(0.5, ge=0, le=1)  # IoU: map region >= this share of peak
-    method: CamMethod = "gradcam"  # chosen by bench/bench_explain.py (docs/benchmarks.md)
+    method: CamMethod = "layercam"  # chosen by bench/bench_explain.py (docs/benchmarks.md)
     layer: str = "auto"  # auto: deepest stage >= 7x7 at the run's size; or names joined by +
     device: Device = "auto"
     batch_size: int = Field(16, ge=1)  # images per Grad-CAM forward/backward pass
