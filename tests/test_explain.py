@@ -565,3 +565,26 @@ def test_deletion_and_insertion_rank_the_evidence_map_above_a_random_one():
     assert good.insertion_auc[0] > bad.insertion_auc[0]
     with pytest.raises(DataError, match="steps=0 should be >= 1"):
         fa.deletion_insertion(model, image, [0], evidence, mean=(0.0,), std=(1.0,), steps=0)
+
+
+def test_explain_records_the_method_and_layer_it_used(run_copy):
+    from cxrlab.config import ExplainConfig
+    from cxrlab.explain.workflow import explain_model
+
+    out = run_copy / "reports" / "simple_cnn" / "explain"
+    result = explain_model(run_copy, "simple_cnn", per_group=0, progress=False)
+    index = json.loads((out / "explain.json").read_text())
+    assert index["method"] == result["method"] == ExplainConfig().method == "layercam"
+    assert index["layer"] == "stages.1" and index["layer_option"] == "auto"  # 32 px / 4 >= 7
+    explain_model(
+        run_copy,
+        "simple_cnn",
+        per_group=0,
+        progress=False,
+        method="hirescam",
+        layer="stages.0+stages.1",
+    )
+    scores = json.loads((out / "localization.json").read_text())
+    assert (scores["method"], scores["layer"]) == ("hirescam", "stages.0+stages.1")
+    with pytest.raises(ModelError, match="no module named stages.7"):
+        explain_model(run_copy, "simple_cnn", per_group=0, progress=False, layer="stages.7")
