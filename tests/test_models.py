@@ -16,14 +16,18 @@ from PIL import Image
 
 from cxrlab.errors import ModelError, WeightsUnavailableError
 from cxrlab.models import (
+    MIN_CAM_SIDE,
     RECOMMENDED_MODELS,
     SimpleCNN,
     create_model,
     list_layers,
     load_lite0_imagenet,
     load_weights,
+    resolve_cam_layers,
     resolve_normalization,
+    stage_sides,
     target_layer,
+    target_layer_name,
 )
 from cxrlab.models.weights import LITE0_TENSORS, lite0_checkpoint_path, lite0_state_dict
 
@@ -425,3 +429,42 @@ def test_new_heads_start_near_zero_so_first_logits_are_small(name):
     with torch.no_grad():
         logits = model(torch.randn(4, 1, 64, 64))
     assert float(logits.abs().max()) < 1.0
+
+
+# --- the CAM layer: chosen by map size through feature_info ----------------------------------
+
+
+@pytest.mark.parametrize("name", list(RECOMMENDED_MODELS))
+def test_cam_layer_map_is_the_deepest_at_least_7x7_at_112_and_224(name):
+    model = create_model(name, K).eval()
+    for size in (112, 224):
+        seen: dict[str, int] = {}
+        handles = [
+            model.get_submodule(n).register_forward_hook(
+                lambda m, i, out, n=n, seen=seen: seen.__setitem__(n, out.shape[-1])
+            )
+            for n in {*list_layers(model)[:-1], target_layer_name(model, size)}
+        ]
+        with torch.no_grad():
+            model(torch.zeros(1, 1, size, size))
+        for handle in handles:
+            handle.remove()
+        for stage, bound in stage_sides(model, size).items():  # floor: pooling; ceil: padding
+            assert bound <= seen[stage] <= bound + 1, (size, stage, bound, seen)
+        chosen = target_layer_name(model, size)
+        assert seen[chosen] >= MIN_CAM_SIDE == 7, (size, chosen, seen)
+        stages = list_layers(model)[:-1]
+        deeper = stages[stages.index(chosen) + 1 :] if chosen in stages else []  # else: final map
+        assert all(seen[n] < 7 for n in deeper), (size, chosen, seen)  # the deepest such
+    assert target_layer_name(model) == target_layer_name(model, 10_000)  # no size: deepest
+
+
+def test_lite0_cam_layer_at_112_and_224_and_layer_options():
+    model = create_model("efficientnet_lite0", K)
+    assert stage_sides(model, 112)["blocks.6"] == 3  # a bound of the 4x4 map of issue 16
+    assert target_layer_name(model, 112) == "blocks.4"  # 7x7
+    assert target_layer_name(model, 224) == "bn2"  # the deepest stage is 7x7: the pooled map
+    assert resolve_cam_layers(model, "auto", 112) == ["blocks.4"]
+    assert resolve_cam_layers(model, "blocks.4+bn2") == ["blocks.4", "bn2"]
+    with pytest.raises(ModelError, match=r"no module named blocks\.9; use auto.*blocks\.4"):
+        resolve_cam_layers(model, "blocks.4+blocks.9")

@@ -29,6 +29,7 @@ Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 Sampling = Literal["natural", "enriched"]
 SplitMethod = Literal["patient", "official"]
 Runtime = Literal["torch", "onnxruntime"]  # onnxruntime needs an export made with --onnx
+CamMethod = Literal["gradcam", "gradcam++", "hirescam", "layercam", "eigencam"]  # pytorch-grad-cam
 
 #: Keys that say how to run on this machine, not what to compute: they never enter a
 #: stage key, so moving a run to a GPU does not redo finished work.
@@ -308,6 +309,8 @@ class ExplainConfig(_Section):
     per_group: int = Field(4, ge=0)  # gallery images per pathology and TP/FP/FN
     tolerance: float = Field(0.0, ge=0)  # pointing game: grow each box by this many px
     cam_threshold: float = Field(0.5, ge=0, le=1)  # IoU: map region >= this share of peak
+    method: CamMethod = "layercam"  # chosen by bench/bench_explain.py (docs/benchmarks.md)
+    layer: str = "auto"  # auto: deepest stage >= 7x7 at the run's size; or names joined by +
     device: Device = "auto"
     batch_size: int = Field(16, ge=1)  # images per Grad-CAM forward/backward pass
 

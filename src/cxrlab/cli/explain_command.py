@@ -13,7 +13,7 @@ from rich.table import Table
 
 from cxrlab.cli.app import app, console
 from cxrlab.cli.options import DEVICE_HELP, from_config
-from cxrlab.config import Device, ExplainConfig, Split
+from cxrlab.config import CamMethod, Device, ExplainConfig, Split
 
 
 @app.command("explain")
@@ -23,9 +23,7 @@ def explain_command(
     images: str = typer.Option(
         None, help="Comma-separated Image Index values: explain just these, for every target."
     ),
-    split: Split = from_config(
-        ExplainConfig, "split", help="Split of the gallery and the scores."
-    ),
+    split: Split = from_config(ExplainConfig, "split", help="Split of the gallery and the scores."),
     per_group: int = from_config(
         ExplainConfig,
         "per_group",
@@ -39,6 +37,15 @@ def explain_command(
     ),
     cam_threshold: float = from_config(
         ExplainConfig, "cam_threshold", help="IoU: the map region >= this share of its peak."
+    ),
+    method: CamMethod = from_config(
+        ExplainConfig, "method", help="CAM method (pytorch-grad-cam); see docs/benchmarks.md."
+    ),
+    layer: str = from_config(
+        ExplainConfig,
+        "layer",
+        help="Layer to hook: auto (deepest stage >= 7x7 at the run's size), a module name, "
+        "or names joined by + (fused).",
     ),
     device: Device = from_config(ExplainConfig, "device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -55,6 +62,8 @@ def explain_command(
             "batch_size": batch_size,
             "tolerance": tolerance,
             "cam_threshold": cam_threshold,
+            "method": method,
+            "layer": layer,
             "device": device,
         },
         source="explain options",
@@ -72,7 +81,8 @@ def explain_command(
 def localization_table(result: dict) -> Table:
     """Pointing game and IoU per pathology, with the chance baselines beside them."""
     where = "named images" if result["mode"] == "images" else f"{result['split']} split"
-    table = Table(title=f"Localization vs radiologists' boxes ({where})")
+    cam = f"{result['method']} at {result['layer']}"
+    table = Table(title=f"Localization of {cam} vs radiologists' boxes ({where})")
     for column in (
         "pathology",
         "n",

@@ -1,19 +1,23 @@
-"""Grad-CAM maps for cached X-rays, through the maintained `pytorch-grad-cam` library.
+"""CAM maps for cached X-rays, through the maintained `pytorch-grad-cam` library.
 
 `gradcam(model, images_u8, classes)` returns one map per (image, class) pair, (N, S, S)
 float32 in [0, 1], and the sigmoid probabilities of the same forward pass. Rows of one
 batch may ask for different classes: the library takes one `ClassifierOutputTarget` per
 image, so a batch costs one forward and one backward pass whatever the class mix.
 
-The hooked layer is `cxrlab.models.target_layer(model)` (last conv stage of any family:
-SimpleCNN, ResNet, EfficientNet, DenseNet). Input is prepared exactly as for prediction:
+`method` names one of the library's CAMs (`CAM_METHODS`: Grad-CAM, Grad-CAM++, HiResCAM,
+LayerCAM, EigenCAM); the default is `ExplainConfig.method`, chosen by measurement in
+`bench/bench_explain.py`. The hooked layer is by default `cxrlab.models.target_layer(model,
+S)`: the deepest feature stage whose map is at least 7x7 at the images' size S, for any
+family. Several layers are fused by the library (mean of their min-max scaled maps).
+Input is prepared exactly as for prediction:
 uint8 -> [0, 1] -> (x - mean) / std, shape (B, 1, S, S) (`models.inference.to_model_input`).
 
 The library leaves traces on the model: it switches it to eval mode, fills parameter
 gradients with its backward pass and registers forward hooks. `gradcam` removes the hooks
 and restores the training flag and every parameter's `requires_grad` and `.grad` before
-it returns, also on error. While it runs, only the hooked layer's parameters require grad,
-so the backward pass stops there instead of running back to the input (the maps are the
+it returns, also on error. While it runs, only the hooked layers' parameters require grad,
+so the backward pass stops at them instead of running back to the input (the maps are the
 same; about one forward pass of extra work instead of two). The library's context manager
 is not used because its `__exit__` prints and swallows `IndexError`.
 """
@@ -30,11 +34,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrlab.errors import DataError, ModelError
+from cxrlab.config import CamMethod, ExplainConfig
+from cxrlab.errors import ConfigError, DataError, ModelError
 from cxrlab.models import resolve_normalization, target_layer
 from cxrlab.models.inference import to_model_input
 
 log = logging.getLogger(__name__)
+
+#: CamMethod -> the pytorch-grad-cam class that computes it.
+CAM_METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",  # first principal component of the activations: class-agnostic
+}
 
 
 @dataclass(frozen=True)
@@ -52,18 +66,20 @@ def gradcam(
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    layer: nn.Module | None = None,
+    layer: nn.Module | Sequence[nn.Module] | None = None,
+    method: CamMethod | None = None,
     batch_size: int = 16,
     progress: bool = False,
 ) -> CamResult:
-    """Grad-CAM of `images_u8[i]` for class index `classes[i]`, for every i.
+    """CAM of `images_u8[i]` for class index `classes[i]`, for every i.
 
     Args:
         model: a classifier with K logits out (any cxrlab model family).
         images_u8: (N, S, S) uint8 grey images, e.g. rows of the run's cache.
         classes: N class indices in [0, K), one per image (repeat an image for more classes).
         mean, std: normalisation of the checkpoint; default `resolve_normalization(model)`.
-        layer: module to hook; default `cxrlab.models.target_layer(model)`.
+        layer: module(s) to hook; default `cxrlab.models.target_layer(model, S)`.
+        method: a `CAM_METHODS` name; default `ExplainConfig.method`.
         batch_size: pairs per forward/backward pass.
         progress: show a tqdm bar over batches.
     """
@@ -76,13 +92,14 @@ def gradcam(
         raise DataError(f"batch_size={batch_size} should be >= 1")
     if mean is None or std is None:
         mean, std = resolve_normalization(model)
-    layer = target_layer(model) if layer is None else layer
     size = images_u8.shape[-1]
+    layers = [target_layer(model, size)] if layer is None else _as_list(layer)
+    method = ExplainConfig.model_fields["method"].default if method is None else method
     maps = np.zeros((len(classes), size, size), dtype=np.float32)
     probs: list[np.ndarray] = []
     starts = range(0, len(classes), batch_size)
-    with _model_preserved(model, layer) as input_needs_grad:
-        cam = _make_cam(model, layer)
+    with _model_preserved(model, layers) as input_needs_grad:
+        cam = _make_cam(model, layers, method)
         try:
             for start in tqdm(starts, desc="grad-cam", disable=not progress, unit="batch"):
                 stop = start + batch_size
@@ -115,10 +132,16 @@ def _check_classes(model: nn.Module, classes: np.ndarray) -> None:
         raise ModelError(f"class index {int(bad[0])} is out of range; valid: {valid}")
 
 
-def _make_cam(model: nn.Module, layer: nn.Module):
-    from pytorch_grad_cam import GradCAM  # imported on use: it pulls in cv2 and matplotlib
+def _as_list(layer: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    return [layer] if isinstance(layer, nn.Module) else list(layer)
 
-    return GradCAM(model=model, target_layers=[layer])
+
+def _make_cam(model: nn.Module, layers: list[nn.Module], method: str):
+    import pytorch_grad_cam  # imported on use: it pulls in cv2 and matplotlib
+
+    if method not in CAM_METHODS:
+        raise ConfigError(f"CAM method {method!r} is unknown; valid: {', '.join(CAM_METHODS)}")
+    return getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=layers)
 
 
 def _cam_batch(
@@ -135,22 +158,22 @@ def _cam_batch(
 
 
 @contextmanager
-def _model_preserved(model: nn.Module, layer: nn.Module) -> Iterator[bool]:
-    """Let gradients flow only from the logits back to `layer`; restore the model on exit.
+def _model_preserved(model: nn.Module, layers: list[nn.Module]) -> Iterator[bool]:
+    """Let gradients flow only from the logits back to `layers`; restore the model on exit.
 
-    Grad-CAM needs d logit / d (layer output) only. Switching `requires_grad` off for every
-    parameter outside `layer` stops the backward pass at `layer` (about one forward pass of
-    extra work instead of two). Yields whether the input must require grad instead: when
-    `layer` has no trainable parameters, nothing else makes its output require grad.
+    A CAM needs d logit / d (layer output) only. Switching `requires_grad` off for every
+    parameter outside `layers` stops the backward pass at the shallowest of them (less
+    work than running back to the input). Yields whether the input must require grad
+    instead: when a hooked layer has no parameters, nothing may make its output require grad.
     On exit the train/eval flag, `requires_grad` and `.grad` of every parameter are restored.
     """
     was_training = model.training
     saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    inside = {id(p) for p in layer.parameters()}
+    inside = {id(p) for layer in layers for p in layer.parameters()}
     try:
         for param in model.parameters():
             param.requires_grad_(id(param) in inside)
-        yield not inside
+        yield any(next(layer.parameters(), None) is None for layer in layers)
     finally:
         for param, requires_grad, grad in saved:
             param.requires_grad_(requires_grad)

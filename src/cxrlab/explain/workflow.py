@@ -39,6 +39,7 @@ from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
 from cxrlab.explain.gradcam import gradcam
 from cxrlab.labels import IMAGE_INDEX
+from cxrlab.models import resolve_cam_layers
 from cxrlab.runinfo import write_atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class _Context:
     out_dir: Path
     tolerance_px: float = loc.DEFAULT_TOLERANCE_PX
     cam_threshold: float = loc.DEFAULT_CAM_THRESHOLD
+    method: str = "gradcam"
+    layers: list[str] = field(default_factory=list)  # hooked module names (fused if several)
     notes: list[str] = field(default_factory=list)
 
 
@@ -96,6 +99,8 @@ def explain_model(
     wanted = _parse_ids(images)
     ctx = _load_context(Path(run_dir), name, "images" if wanted else None, options.device)
     ctx.tolerance_px, ctx.cam_threshold = tolerance_px, cam_threshold
+    ctx.method = options.method
+    ctx.layers = resolve_cam_layers(ctx.model, options.layer, ctx.data.image_size)
     if wanted:
         jobs = _requested_jobs(ctx, wanted)
         thresholds: dict[str, float] = {}
@@ -109,6 +114,9 @@ def explain_model(
         "split": None if wanted else split,
         "probability_source": source,
         "thresholds": thresholds,
+        "method": ctx.method,
+        "layer": "+".join(ctx.layers),  # the hooked module(s); the report shows this
+        "layer_option": options.layer,
         "tolerance_px": tolerance_px,
         "cam_threshold": cam_threshold,
     }
@@ -272,6 +280,8 @@ def _run_jobs(ctx: _Context, jobs: _Jobs, thresholds: dict, batch_size: int, pro
             ks,
             mean=ctx.info["mean"],
             std=ctx.info["std"],
+            layer=[ctx.model.get_submodule(name) for name in ctx.layers],
+            method=ctx.method,
             batch_size=batch_size,
         )
         for i, (row, k) in enumerate(chunk):
@@ -356,13 +366,10 @@ def _remove_previous(out_dir: Path, run_dir: Path) -> None:
 
 # ---- writing ----------------------------------------------------------------------------------
 def _write_outputs(ctx: _Context, settings: dict, entries, scores, summary) -> list[Path]:
-    from cxrlab.models import target_layer_name
-
     head = {
         "model": ctx.name,
         "checkpoint": str(Path(ctx.info["path"]).relative_to(ctx.run_dir)),
         "architecture": ctx.info.get("model"),
-        "layer": target_layer_name(ctx.model),
         **settings,
     }
     out = ctx.out_dir

@@ -5,13 +5,16 @@ Grad-CAM) never special-cases an architecture.
 """
 
 from cxrlab.models.factory import (
+    MIN_CAM_SIDE,
     PENULTIMATE,
     RECOMMENDED_MODELS,
     SIMPLE_CNN,
     check_model_name,
     create_model,
     list_layers,
+    resolve_cam_layers,
     resolve_normalization,
+    stage_sides,
     target_layer,
     target_layer_name,
 )
@@ -19,6 +22,7 @@ from cxrlab.models.simple_cnn import SimpleCNN
 from cxrlab.models.weights import LoadReport, load_lite0_imagenet, load_weights
 
 __all__ = [
+    "MIN_CAM_SIDE",
     "PENULTIMATE",
     "RECOMMENDED_MODELS",
     "SIMPLE_CNN",
@@ -29,7 +33,9 @@ __all__ = [
     "list_layers",
     "load_lite0_imagenet",
     "load_weights",
+    "resolve_cam_layers",
     "resolve_normalization",
+    "stage_sides",
     "target_layer",
     "target_layer_name",
 ]

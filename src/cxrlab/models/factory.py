@@ -55,9 +55,10 @@ RECOMMENDED_MODELS: dict[str, str] = {
     LITE0_NAME: "EfficientNet-Lite0, 3.4 M parameters; ImageNet weights ship offline",
 }
 
-#: Grad-CAM layer by model class, where the last `feature_info` stage is not the map that
-#: `forward_features` returns. EfficientNet's last stage (blocks.6, 320 ch) is followed by
-#: conv_head + bn2 (1280 ch, activation included); CAMs hook that final map.
+#: The final map by model class, where the last `feature_info` stage is not the map that
+#: `forward_features` returns (used when the CAM layer choice lands on the deepest stage).
+#: EfficientNet's last stage (blocks.6, 320 ch) is followed by conv_head + bn2 (1280 ch,
+#: activation included): the map the head pools.
 _CAM_LAYER_BY_CLASS: dict[str, str] = {"EfficientNet": "bn2"}
 
 #: The pooled (B, num_features) vector before the classifier, in `list_layers`.
@@ -237,15 +238,63 @@ def list_layers(model: nn.Module) -> list[str]:
     return [stage["module"] for stage in info] + [PENULTIMATE]
 
 
-def target_layer_name(model: nn.Module) -> str:
-    """Name of the module Grad-CAM hooks: the one whose output `forward_features` returns."""
-    modules = dict(model.named_modules())
+#: Grad-CAM needs a map fine enough to point with: the deepest feature stage whose side at
+#: the run's image size is at least this many cells (an ImageNet model's last map at 224 px).
+#: At 112 px EfficientNet-Lite0's last map is 4x4, a sixteenth of the image per cell.
+MIN_CAM_SIDE = 7
+
+
+def stage_sides(model: nn.Module, image_size: int) -> dict[str, int]:
+    """A lower bound of each `feature_info` stage's map side at `image_size`: S // reduction.
+
+    Padded convolutions give ceil(S / r) (EfficientNet's 4x4 at 112 px), pooling floor
+    (DenseNet's 3x3), so floor is a side every family reaches; no forward pass is needed.
+    """
+    list_layers(model)  # raises the usual error for a model without feature_info
+    return {s["module"]: int(image_size) // int(s["reduction"]) for s in model.feature_info}
+
+
+def target_layer_name(
+    model: nn.Module, image_size: int | None = None, *, min_side: int = MIN_CAM_SIDE
+) -> str:
+    """Name of the module Grad-CAM hooks by default, for any family.
+
+    The deepest `feature_info` stage whose map is at least `min_side` cells wide at
+    `image_size` (by `stage_sides`; the shallowest stage when none is); without `image_size`, the
+    deepest stage. The deepest stage stands for the map `forward_features` returns (for
+    EfficientNet that is `bn2`, after the 1x1 conv_head that the head pools).
+    """
+    sides = stage_sides(model, image_size or 0) if image_size else {}
+    names = list_layers(model)[:-1]  # shallow to deep
+    fine = [n for n in names if sides.get(n, min_side) >= min_side] or names[:1]
+    chosen = fine[-1]
+    if chosen != names[-1]:
+        return chosen
     special = _CAM_LAYER_BY_CLASS.get(type(model).__name__)
-    if special in modules:
-        return special
-    return list_layers(model)[-2]  # the deepest feature_info stage
+    return special if special in dict(model.named_modules()) else chosen
 
 
-def target_layer(model: nn.Module) -> nn.Module:
-    """The module Grad-CAM should hook (last conv stage) for any supported family."""
-    return model.get_submodule(target_layer_name(model))
+def resolve_cam_layers(model: nn.Module, layer: str, image_size: int | None = None) -> list[str]:
+    """Module names that a CAM `layer` option means: "auto" or names joined by "+".
+
+    "auto" is `target_layer_name(model, image_size)`; "a+b" hooks both and the CAM library
+    averages their min-max scaled maps (multi-layer fusion).
+    """
+    if layer == "auto":
+        return [target_layer_name(model, image_size)]
+    names = [part.strip() for part in str(layer).split("+") if part.strip()]
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown or not names:
+        stages = dict.fromkeys([*list_layers(model)[:-1], target_layer_name(model)])
+        raise ModelError(
+            f"CAM layer {layer!r}: {type(model).__name__} has no module named "
+            f"{', '.join(unknown) or repr(layer)}; use auto, a module name (e.g. "
+            f"{', '.join(stages)}) or module names joined by '+'"
+        )
+    return list(dict.fromkeys(names))
+
+
+def target_layer(model: nn.Module, image_size: int | None = None) -> nn.Module:
+    """The module Grad-CAM hooks by default (`target_layer_name`) for any supported family."""
+    return model.get_submodule(target_layer_name(model, image_size))

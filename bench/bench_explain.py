@@ -1,0 +1,264 @@
+"""Benchmark CAM methods x layers x models: pointing game, IoU and faithfulness on boxes.
+
+For every trained model of RUN_DIR (e.g. a finished `cxrlab demo`, whose synthetic boxes are
+exact, or a run on real boxed NIH images), every (image, pathology) pair of the split that
+is positive and has a box is explained by each method of `gradcam.CAM_METHODS` at each
+candidate layer:
+
+* deepest: the last feature stage (the map the head pools; the layer before issue 16),
+* auto: `target_layer_name(model, S)`, the deepest stage whose map is >= 7x7 at S,
+* finer: the stage before auto (twice its resolution),
+* fused: auto + deepest (or finer + auto where those are one layer), averaged by the library.
+
+Printed per configuration: the pointing-game hit rate of every finding with >= --min-boxes
+pairs beside the random-point and centre-point baselines, the issue's target per finding
+(hit >= 2x random, and > centre where centre < 0.5), mean IoU, deletion and insertion AUC
+(`explain.faithfulness`, with a random-ranking reference per model; on --faith-pairs pairs
+per finding, at the auto and deepest layers: each curve costs 2 * steps forward images per
+pair) and CAM time per pair.
+All numbers of one table come from one run on one machine.
+
+Usage: HF_HUB_OFFLINE=1 python bench/bench_explain.py RUN_DIR [--models a,b] [--steps 8]
+Results go into docs/benchmarks.md with the machine and its load. The run directory is only
+read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrlab.data.rundata import load_run_data
+from cxrlab.explain import faithfulness as fa
+from cxrlab.explain import localization as loc
+from cxrlab.explain.gradcam import CAM_METHODS, gradcam
+from cxrlab.labels import IMAGE_INDEX
+from cxrlab.models import list_layers, stage_sides, target_layer_name
+from cxrlab.models.checkpoint import load_trained
+
+
+@dataclass
+class Pairs:
+    rows: np.ndarray  # (N,) cache rows
+    ks: np.ndarray  # (N,) class indices
+    boxes_px: list[np.ndarray]  # N arrays (M, 4) in cache pixels
+    ids: list[str]
+
+
+def boxed_pairs(data, split: str) -> Pairs:
+    """Every (row, class) of `split` positive for the class and holding a box of it."""
+    frame = pd.read_csv(data.paths.boxes, dtype={IMAGE_INDEX: str})
+    boxes = {
+        key: loc.boxes_in_pixels(part, data.image_size)
+        for key, part in frame.groupby([IMAGE_INDEX, "label"], sort=False)
+    }
+    ids = list(data.cache.ids)
+    out = Pairs([], [], [], [])
+    for k, target in enumerate(data.targets):
+        for row in data.rows(split):
+            key = (ids[row], target)
+            if data.labels[row, k] == 1 and key in boxes:
+                out.rows.append(int(row)), out.ks.append(k), out.boxes_px.append(boxes[key])
+                out.ids.append(ids[row])
+    out.rows, out.ks = np.array(out.rows, dtype=np.int64), np.array(out.ks, dtype=np.int64)
+    return out
+
+
+def candidate_layers(model, size: int) -> dict[str, str]:
+    """kind -> layer option ('+' fuses), in the order the table shows them."""
+    stages = list_layers(model)[:-1]
+    deepest, auto = target_layer_name(model), target_layer_name(model, size)
+    finer = stages[max(0, stages.index(auto) - 1)] if auto in stages else stages[-2]
+    fused = f"{auto}+{deepest}" if auto != deepest else f"{finer}+{auto}"
+    out: dict[str, str] = {"auto": auto}
+    for kind, layer in (("deepest", deepest), ("finer", finer), ("fused", fused)):
+        if layer not in out.values():
+            out[kind] = layer
+    return out
+
+
+def side_of(model, layer: str, size: int) -> str:
+    sides = stage_sides(model, size)
+    deepest = list_layers(model)[-2]
+    parts = [sides.get(name, sides[deepest]) for name in layer.split("+")]
+    return "+".join(f"{s}x{s}" for s in parts)
+
+
+def score(data, pairs: Pairs, maps: np.ndarray) -> list[loc.PairScore]:
+    return [
+        loc.score_pair(pairs.ids[i], data.targets[pairs.ks[i]], maps[i], pairs.boxes_px[i])
+        for i in range(len(maps))
+    ]
+
+
+def faithfulness_subset(ks: np.ndarray, per_finding: int) -> np.ndarray:
+    """Indices of the first `per_finding` pairs of each class: the curves cost 2*steps
+    forward images per pair, so they are read on a fixed subsample (the same for every
+    configuration of a model)."""
+    return np.concatenate([np.flatnonzero(ks == k)[:per_finding] for k in np.unique(ks)])
+
+
+def bench_model(run_dir: str, name: str, args) -> list[dict]:
+    data = load_run_data(run_dir)
+    trained = load_trained(data, name, "cpu")
+    model, mean, std = trained.model, trained.info["mean"], trained.info["std"]
+    pairs = boxed_pairs(data, args.split)
+    images = np.asarray(data.images[pairs.rows])  # (N, S, S) uint8
+    counts = {t: int((pairs.ks == k).sum()) for k, t in enumerate(data.targets)}
+    findings = [t for t in data.targets if counts[t] >= args.min_boxes]
+    size = data.image_size
+    sub = faithfulness_subset(pairs.ks, args.faith_pairs)
+
+    def curves(maps: np.ndarray) -> fa.Curves:
+        return fa.deletion_insertion(
+            model, images[sub], pairs.ks[sub], maps[sub], mean=mean, std=std, steps=args.steps
+        )
+
+    reference = curves(fa.random_ranking(images.shape))
+    rows = [
+        {
+            "model": name,
+            "method": "random ranking",
+            "kind": "reference",
+            "layer": "-",
+            "side": "-",
+            "deletion": float(reference.deletion_auc.mean()),
+            "insertion": float(reference.insertion_auc.mean()),
+        }
+    ]
+    for kind, layer in candidate_layers(model, size).items():
+        modules = [model.get_submodule(n) for n in layer.split("+")]
+        for method in CAM_METHODS:
+            start = time.perf_counter()
+            cams = gradcam(
+                model, images, pairs.ks, mean=mean, std=std, layer=modules, method=method
+            )
+            seconds = time.perf_counter() - start
+            summary = loc.summarize(score(data, pairs, cams.maps), data.targets)
+            row = {
+                "model": name,
+                "method": method,
+                "kind": kind,
+                "layer": layer,
+                "side": side_of(model, layer, size),
+                "ms_per_pair": 1000 * seconds / len(pairs.rows),
+                "mean_iou": float(np.mean([summary[t]["mean_iou"] for t in findings])),
+                "met": 0,
+            }
+            if kind in ("auto", "deepest"):
+                c = curves(cams.maps)
+                row["deletion"] = float(c.deletion_auc.mean())
+                row["insertion"] = float(c.insertion_auc.mean())
+            for t in findings:
+                s = summary[t]
+                ok = s["hit_rate"] >= 2 * s["random_point_hit_rate"] and (
+                    s["centre_point_hit_rate"] >= 0.5 or s["hit_rate"] > s["centre_point_hit_rate"]
+                )
+                row[t], row["met"] = s["hit_rate"], row["met"] + int(ok)
+            rows.append(row)
+            print(
+                f"  {name:20s} {method:10s} {kind:8s} {layer:22s} met {row['met']}/"
+                f"{len(findings)}  CAM {seconds:.1f} s",
+                flush=True,
+            )
+    base = {"model": name, "kind": "baseline", "layer": "-", "side": "-"}
+    rows.append(
+        {
+            **base,
+            "method": "random point",
+            **{t: summary[t]["random_point_hit_rate"] for t in findings},
+            "mean_iou": None,
+        }
+    )
+    rows.append(
+        {
+            **base,
+            "method": "centre point",
+            **{t: summary[t]["centre_point_hit_rate"] for t in findings},
+            "mean_iou": float(np.mean([summary[t]["centre_map_iou"] for t in findings])),
+        }
+    )
+    for r in rows:
+        r["findings"] = {t: counts[t] for t in findings}
+        r["faith_pairs"] = len(sub)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    findings = list(rows[0]["findings"])
+    head = [
+        "model",
+        "method",
+        "layer (map)",
+        *(f"{t[:5]} n={rows[0]['findings'][t]}" for t in findings),
+        "met",
+        "IoU",
+        "del AUC ↓",
+        "ins AUC ↑",
+        "ms/pair",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v, fmt=".3f"):
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+    for r in rows:
+        cells = [
+            r["model"],
+            r["method"],
+            f"{r['kind']}: {r['layer']} ({r['side']})"
+            if r["kind"] not in ("baseline", "reference")
+            else r["kind"],
+        ]
+        cells += [f(r.get(t)) for t in findings]
+        met = f"{r['met']}/{len(findings)}" if "met" in r else "-"
+        cells += [
+            met,
+            f(r.get("mean_iou")),
+            f(r.get("deletion")),
+            f(r.get("insertion")),
+            f(r.get("ms_per_pair"), ".1f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--models", default=None, help="comma-separated; default: every one")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--steps", type=int, default=fa.DEFAULT_STEPS)
+    parser.add_argument("--min-boxes", type=int, default=10)
+    parser.add_argument("--faith-pairs", type=int, default=8, help="curve pairs per finding")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (shared cores)")
+    parser.add_argument("--csv", default=None, help="also write every row to this CSV")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_run_data(args.run_dir)
+    names = args.models.split(",") if args.models else data.paths.trained_models()
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}"
+    )
+    rows = []
+    for name in names:
+        rows += bench_model(args.run_dir, name, args)
+    print(markdown(rows))
+    if args.csv:
+        pd.DataFrame(rows).drop(columns="findings").to_csv(args.csv, index=False)
+    print(
+        f"deletion/insertion: {rows[0]['faith_pairs']} pairs per model ({args.faith_pairs} "
+        f"per finding), {args.steps} steps, at the auto and deepest layers"
+    )
+
+
+if __name__ == "__main__":
+    main()
