@@ -159,7 +159,17 @@ def _disc_hits(maps, boxes, positives):
     [
         ("simple_cnn", 0.7, 2.0),
         ("efficientnet_lite0", 0.2, 1.2),  # measured: hit 0.30, IoU 1.37x the centre map's
-        pytest.param("resnet18", 0.2, 1.2, marks=pytest.mark.slow),
+        # Known gap (issue 16 open): measured hit 0.10 against a random point's 0.06 on
+        # 2026-12-02. strict: the day ResNet-18's default map localizes, this must be updated.
+        pytest.param(
+            "resnet18",
+            0.2,
+            1.2,
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.xfail(strict=True, reason="ResNet-18 default CAM hit 0.10 < 0.2"),
+            ],
+        ),
     ],
 )
 def test_default_cam_of_a_trained_model_points_at_the_sign(one_thread, name, min_hit, iou_ratio):
