@@ -84,10 +84,14 @@ def _cli_params(command: str) -> dict:
 
 # ---- one public surface, light to import ----------------------------------------------------
 def test_the_public_names_are_listed_once_and_resolve():
-    assert [n for n in cxrlab.__all__ if n != "__version__"] == api.__all__
-    for name in api.__all__:
-        assert getattr(cxrlab, name) is getattr(api, name)
-        assert inspect.getdoc(getattr(api, name)), f"{name} has no docstring for help()"
+    from cxrlab import results
+
+    public = [*api.__all__, *results.__all__]
+    assert sorted(n for n in cxrlab.__all__ if n != "__version__") == sorted(public)
+    for module in (api, results):
+        for name in module.__all__:
+            assert getattr(cxrlab, name) is getattr(module, name)
+            assert inspect.getdoc(getattr(module, name)), f"{name} has no docstring for help()"
 
 
 def test_import_cxrlab_is_fast_and_loads_no_torch():

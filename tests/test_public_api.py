@@ -11,6 +11,7 @@ import pytest
 PACKAGES = (
     "cxrlab",
     "cxrlab.api",
+    "cxrlab.results",
     "cxrlab.data",
     "cxrlab.models",
     "cxrlab.train",

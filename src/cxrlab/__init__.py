@@ -10,12 +10,6 @@ import types
 from importlib.metadata import PackageNotFoundError, version
 
 from cxrlab.api import (
-    Analysis,
-    Comparison,
-    Evaluation,
-    Explanation,
-    Run,
-    Training,
     analyze,
     compare,
     evaluate,
@@ -30,6 +24,7 @@ from cxrlab.api import (
     synth,
     train,
 )
+from cxrlab.results import Analysis, Comparison, Evaluation, Explanation, Run, Training
 
 try:
     __version__ = version("cxrlab")
