@@ -43,28 +43,6 @@ def make_served_run(root: Path, name: str = "m") -> tuple[Path, Path]:
     return run_dir, data_root
 
 
-def write_dicom(path: Path, pixels, **elements) -> Path:
-    """An uncompressed MONOCHROME2 DICOM of `pixels` (uint8 or uint16), with extra tags."""
-    import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    bits = 8 if pixels.dtype == np.uint8 else 12
-    ds.set_pixel_data(pixels, photometric_interpretation="MONOCHROME2", bits_stored=bits)
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 #: Identifying tags that must never reach a response or a log line.
 PHI = {
     "PatientName": "Doe^Janeunique",

@@ -12,8 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
 
 from cxrlab.data.imaging import (
     pad_to_square,
@@ -24,6 +23,7 @@ from cxrlab.data.imaging import (
     square_offsets,
 )
 from cxrlab.errors import ImageReadError
+from helpers_dicom import write_dicom
 
 # --- PNG / JPEG ---------------------------------------------------------------------------
 
@@ -145,23 +145,6 @@ def test_resize_square_is_an_area_mean():
 # --- DICOM ----------------------------------------------------------------------------------
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **elements):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    bits = 8 if pixels.dtype == np.uint8 else 12
-    ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits)
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 # Stored [0, 50, 100, 150, 200, 250] * slope 2 - 100 = [-100, 0, 100, 200, 300, 400].
 # LINEAR window c=150.5, w=201: <= 50 -> bottom, > 250 -> top, else (x - 150) / 200 + 0.5,
 # so 100 -> 0.25 and 200 -> 0.75; min-max over the windowed image keeps those.
@@ -171,13 +154,13 @@ _WINDOW = dict(RescaleSlope=2, RescaleIntercept=-100, WindowCenter=150.5, Window
 
 
 def test_dicom_rescale_and_window(tmp_path):
-    path = _write_dicom(tmp_path / "m2.dcm", _STORED, **_WINDOW)
+    path = write_dicom(tmp_path / "m2.dcm", _STORED, **_WINDOW)
     np.testing.assert_allclose(read_grey(path)[0], _WINDOWED, atol=1e-7)
     assert read_grey_u8(path).tolist() == [[0, 0, 64, 191, 255, 255]]
 
 
 def test_dicom_monochrome1_is_inverted_after_window(tmp_path):
-    path = _write_dicom(tmp_path / "m1.dcm", _STORED, "MONOCHROME1", **_WINDOW)
+    path = write_dicom(tmp_path / "m1.dcm", _STORED, "MONOCHROME1", **_WINDOW)
     np.testing.assert_allclose(read_grey(path)[0], 1 - np.array(_WINDOWED), atol=1e-7)
     assert read_grey_u8(path).tolist() == [[255, 255, 191, 64, 0, 0]]
 
@@ -189,7 +172,7 @@ def test_dicom_voi_lut_sequence_wins_over_window(tmp_path):
     pixels = np.array([[0, 1], [2, 3]], dtype=np.uint16)
     window = dict(WindowCenter=1, WindowWidth=1)  # would make a 0/255 image
     identity = dict(RescaleSlope=1, RescaleIntercept=0)  # float output, integral values
-    path = _write_dicom(tmp_path / "lut.dcm", pixels, VOILUTSequence=[item], **window, **identity)
+    path = write_dicom(tmp_path / "lut.dcm", pixels, VOILUTSequence=[item], **window, **identity)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "VOI LUT on a float input" warning from pydicom
         # The LUT maps 0..3 to 0, 10, 200, 255; min-max over that leaves it as is.
@@ -198,7 +181,7 @@ def test_dicom_voi_lut_sequence_wins_over_window(tmp_path):
 
 def test_dicom_rgb_becomes_luma(tmp_path):
     rgb = np.array([[[255, 0, 0], [0, 0, 0], [0, 255, 0]]], dtype=np.uint8)
-    path = _write_dicom(tmp_path / "rgb.dcm", rgb, "RGB")
+    path = write_dicom(tmp_path / "rgb.dcm", rgb, "RGB")
     # luma 76.245, 0, 149.685 -> min-max -> 129.88, 0, 255
     assert read_grey_u8(path).tolist() == [[130, 0, 255]]
 
@@ -207,19 +190,19 @@ def test_dicom_multiframe_uses_first_frame(tmp_path, caplog):
     frames = np.stack([np.array([[0, 10], [20, 30]]), np.array([[30, 0], [0, 0]])]).astype(
         np.uint16
     )
-    path = _write_dicom(tmp_path / "mf.dcm", frames)
+    path = write_dicom(tmp_path / "mf.dcm", frames)
     assert read_grey_u8(path).tolist() == [[0, 85], [170, 255]]
     assert "2 frames; using the first" in caplog.text
 
 
 def test_dicom_without_suffix_is_recognised(tmp_path):
-    path = _write_dicom(tmp_path / "IM0001", _STORED, **_WINDOW)
+    path = write_dicom(tmp_path / "IM0001", _STORED, **_WINDOW)
     assert read_grey_u8(path).tolist() == [[0, 0, 64, 191, 255, 255]]
 
 
 def test_dicom_without_pixels(tmp_path):
     path = tmp_path / "plan.dcm"
-    _write_dicom(path, _STORED)
+    write_dicom(path, _STORED)
     ds = pydicom.dcmread(path)
     del ds.PixelData
     ds.save_as(path)
@@ -228,7 +211,7 @@ def test_dicom_without_pixels(tmp_path):
 
 
 def test_compressed_dicom_without_decoder_names_package(tmp_path, monkeypatch):
-    path = _write_dicom(tmp_path / "ls.dcm", _STORED)
+    path = write_dicom(tmp_path / "ls.dcm", _STORED)
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
 
@@ -306,7 +289,7 @@ def _upload_cases(tmp_path: Path) -> list[Path]:
     ):
         image.save(tmp_path / name)
         paths.append(tmp_path / name)
-    paths.append(_write_dicom(tmp_path / "w.dcm", _STORED, **_WINDOW))
+    paths.append(write_dicom(tmp_path / "w.dcm", _STORED, **_WINDOW))
     volume = nibabel.Nifti1Image(rng.normal(size=(20, 30, 1)).astype(np.float32), np.eye(4))
     nibabel.save(volume, tmp_path / "x.nii.gz")
     return [*paths, tmp_path / "x.nii.gz"]

@@ -22,8 +22,9 @@ from cxrlab.predict.bundle import CARD_FILE, ONNX_FILE, WEIGHTS_FILE, export_mod
 from cxrlab.predict.card import DEFAULT_RULE, INTENDED_USE, read_card
 from cxrlab.predict.workflow import predict_files
 from cxrlab.train.engine import train_model
+from helpers_dicom import write_dicom
 from helpers_run import make_tiny_run
-from helpers_serve import SERVED_SIZE, SERVED_TARGETS, tiny_config, write_dicom
+from helpers_serve import SERVED_SIZE, SERVED_TARGETS, tiny_config
 
 
 def _test_files(run_dir: Path, data_root: Path, n: int = 8) -> tuple[list[Path], pd.DataFrame]:

@@ -21,7 +21,8 @@ from cxrlab.config import ServeConfig
 from cxrlab.data.imaging import read_square_u8
 from cxrlab.predict.bundle import load_bundle
 from cxrlab.serve.app import create_app
-from helpers_serve import PHI, SERVED_SIZE, SERVED_TARGETS, write_dicom
+from helpers_dicom import write_dicom
+from helpers_serve import PHI, SERVED_SIZE, SERVED_TARGETS
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,7 @@ from cxrlab.config import (
     ThresholdRule,
     build,
     experiment_default,
+    section_from,
 )
 from cxrlab.results import Analysis, Comparison, Evaluation, Explanation, Run, Training
 from cxrlab.rundir import RunDir
@@ -83,17 +84,6 @@ def _d(dotted: str) -> Any:
     return experiment_default(TRAIN_OPTIONS[dotted])
 
 
-def _section(schema, options: Mapping[str, Any], source: str, exclude: Sequence[str] = ()):
-    """`schema` built from the function arguments named like its fields (the others ignored)."""
-    names = set(schema.model_fields) - set(exclude)
-    fields = {k: _plain(v) for k, v in options.items() if k in names}
-    return build(schema, fields, source=source)
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _root(run: Run | str | os.PathLike) -> Path:
     return Path(os.fspath(run))
 
@@ -115,7 +105,7 @@ def synth(
     """
     from cxrlab.synth import write_synthetic_dataset
 
-    options = _section(SyntheticConfig, locals(), "synth options")
+    options = section_from(SyntheticConfig, locals(), "synth options")
     return write_synthetic_dataset(
         out,
         patients=options.patients,
@@ -159,7 +149,7 @@ def prepare(
     from cxrlab.data.prepare import prepare as prepare_stage
 
     arguments = {**locals(), "data_root": os.fspath(data_root)}
-    options = _section(DataConfig, arguments, "prepare options")
+    options = section_from(DataConfig, arguments, "prepare options")
     prepare_stage(options, out, progress=progress)
     return Run(Path(out))
 
@@ -269,7 +259,7 @@ def evaluate(
     """
     from cxrlab.evaluate.workflow import evaluate_model
 
-    options = _section(EvaluateConfig, locals(), "evaluate options")
+    options = section_from(EvaluateConfig, locals(), "evaluate options")
     root = _root(run)
     evaluate_model(root, model, options, data_root=data_root, progress=progress)
     paths = RunDir(root)
@@ -320,7 +310,7 @@ def analyze(
     from cxrlab.analysis.workflow import analyze_model
 
     # AnalyzeConfig.model names the study's model to analyse; here it is the `model` argument
-    options = _section(AnalyzeConfig, locals(), "analyze options", exclude=("model",))
+    options = section_from(AnalyzeConfig, locals(), "analyze options", exclude=("model",))
     root = _root(run)
     analyze_model(root, model, options, progress=progress)
     return Analysis(RunDir(root).analysis(model))
@@ -356,7 +346,7 @@ def explain(
     """
     from cxrlab.explain.workflow import explain_model
 
-    options = _section(ExplainConfig, locals(), "explain options")
+    options = section_from(ExplainConfig, locals(), "explain options")
     root = _root(run)
     result = explain_model(root, model, options, images=images, progress=progress)
     return Explanation(Path(result["out_dir"]))

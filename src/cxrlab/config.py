@@ -210,6 +210,16 @@ def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
+def section_from(
+    schema: type[_S], values: dict[str, Any], source: str, exclude: tuple[str, ...] = ()
+) -> _S:
+    """`schema` built from those of `values` named like its fields (others ignored): what
+    the CLI commands and the Python API do with their arguments. Tuples become lists."""
+    names = set(schema.model_fields) - set(exclude)
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if k in names}
+    return build(schema, fields, source=source)
+
+
 def with_overrides(section: _S, overrides: dict[str, Any]) -> _S:
     """`section` with some fields replaced, validated (a wrong name or value: ConfigError)."""
     if not overrides:

@@ -39,28 +39,14 @@ def analyze_command(
 ) -> None:
     """Features from intermediate layers → PCA, K-Means, cluster↔pathology statistics."""
     from cxrlab.analysis.workflow import analysis_dir, analyze_model, model_layers
-    from cxrlab.config import build
+    from cxrlab.config import section_from
 
     if list_layers:
         for name in model_layers(run_dir, model):
             console.print(name)
         return
-    options = build(
-        AnalyzeConfig,
-        {
-            "layers": csv_list(layers) or [],
-            "split": split,
-            "scaling": scaling,
-            "k": k,
-            "k_min": k_min,
-            "k_max": k_max,
-            "n_components": n_components,
-            "seed": seed,
-            "device": device,
-            "batch_size": batch_size,
-        },
-        source="analyze options",
-    )
+    given = {**locals(), "layers": csv_list(layers) or []}
+    options = section_from(AnalyzeConfig, given, "analyze options", exclude=("model",))
     result = analyze_model(run_dir, model, options)
     out = analysis_dir(run_dir, model)
     summary = out / "summary.md"

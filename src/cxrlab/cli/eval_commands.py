@@ -42,24 +42,11 @@ def evaluate_command(
     batch_size: int = from_config(EvaluateConfig, "batch_size", help="Images per forward pass."),
 ) -> None:
     """Predict, choose thresholds on val, and report metrics with patient-bootstrap CIs."""
-    from cxrlab.config import build
+    from cxrlab.config import section_from
     from cxrlab.evaluate.workflow import evaluate_model
 
-    options = build(
-        EvaluateConfig,
-        {
-            "split": split,
-            "threshold": threshold,
-            "target_sensitivity": sensitivity,
-            "bootstrap": bootstrap,
-            "seed": seed,
-            "temperature": temperature,
-            "drop_missing": drop_missing,
-            "device": device,
-            "batch_size": batch_size,
-        },
-        source="evaluate options",
-    )
+    given = {**locals(), "target_sensitivity": sensitivity}
+    options = section_from(EvaluateConfig, given, "evaluate options")
     result = evaluate_model(run_dir, model, options, data_root=data_root)
     print_evaluation(result)
 

@@ -51,23 +51,10 @@ def explain_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Grad-CAM per image and pathology, scored against the radiologists' boxes."""
-    from cxrlab.config import build
+    from cxrlab.config import section_from
     from cxrlab.explain.workflow import explain_model
 
-    options = build(
-        ExplainConfig,
-        {
-            "split": split,
-            "per_group": per_group,
-            "batch_size": batch_size,
-            "tolerance": tolerance,
-            "cam_threshold": cam_threshold,
-            "method": method,
-            "layer": layer,
-            "device": device,
-        },
-        source="explain options",
-    )
+    options = section_from(ExplainConfig, locals(), "explain options")
     result = explain_model(run_dir, model, options, images=images, progress=progress)
     console.print(localization_table(result))
     for note in result["notes"]:

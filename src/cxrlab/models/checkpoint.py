@@ -91,10 +91,10 @@ def load_model_from_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {path} not found")
-    check_readable(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors have many types
+        check_readable(path)  # a damaged file: say so, with the fix (read again only here)
         raise ModelError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
     info = checkpoint.get("cxrlab") if isinstance(checkpoint, dict) else None
     if not info or "config" not in info:
