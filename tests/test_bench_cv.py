@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from cxrlab.data.rundata import load_run_data
+from helpers_bench import load_bench
 from helpers_run import make_tiny_run
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_cv", REPO / "bench" / "bench_cv.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_cv")
 
 
 def test_folds_test_every_image_once_with_whole_patients(tmp_path: Path):

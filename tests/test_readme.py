@@ -7,7 +7,6 @@ demo and checks that what it prints now is what the README says.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -16,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers_bench import load_bench
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def bench_demo():
-    spec = importlib.util.spec_from_file_location("bench_demo", REPO / "bench" / "bench_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_demo")
 
 
 def test_readme_demo_block_is_the_generated_one():
