@@ -37,7 +37,8 @@ def test_no_module_but_rundir_names_a_run_directory_file():
     """`grep` for the run directory's file names outside cxrlab.rundir finds nothing."""
     names = ("cohort.csv", "best.ckpt", "last.ckpt", "thresholds.json", "split_summary.json",
              "predictions.csv", "metrics.json", "config.yaml", "run.json", "boxes.csv",
-             "prepare.json", "stages.json", "study.yaml", "report.html")  # fmt: skip
+             "prepare.json", "stages.json", "study.yaml", "report.html", "comparison.json",
+             "analysis.json", "summary.md", "explain.json", "localization.json")  # fmt: skip
     pattern = re.compile("|".join(re.escape(f'"{n}"') for n in names))
     offenders = [
         f"{path.relative_to(SRC)}:{i}"

@@ -32,7 +32,7 @@ from cxrlab.config import (
 from cxrlab.data.cache import META_FILE
 from cxrlab.errors import StageError
 from cxrlab.locking import exclusive
-from cxrlab.rundir import RunDir, SplitDir
+from cxrlab.rundir import ANALYSIS_FILE, COMPARISON_FILE, LOCALIZATION_FILE, RunDir, SplitDir
 from cxrlab.runinfo import (
     package_versions,
     read_json,
@@ -240,7 +240,7 @@ class Study:
 
         names = [e.name for e in self.entries]
         key = sha256_json([self.ledger.entries.get(f"evaluate:{n}", {}).get("key") for n in names])
-        out = self.paths.comparison("test") / "comparison.json"
+        out = self.paths.comparison("test") / COMPARISON_FILE
         ev = self.config.evaluate
         self._step(
             "compare",
@@ -266,7 +266,7 @@ class Study:
             an = an.model_copy(update={"seed": self.config.data.seed})
         name = self._analysis_model()
         key = sha256_json([stage_key_fields(an), name, self._ckpt_key(name)])
-        out = self.paths.analysis(name) / "analysis.json"
+        out = self.paths.analysis(name) / ANALYSIS_FILE
         self._step(
             f"analyze:{name}",
             key,
@@ -292,7 +292,7 @@ class Study:
                 self.ledger.entries.get(f"evaluate:{entry.name}", {}).get("key"),
             ]
         )
-        out = self.paths.explanation(entry.name) / "localization.json"
+        out = self.paths.explanation(entry.name) / LOCALIZATION_FILE
         self._step(
             f"explain:{entry.name}",
             key,

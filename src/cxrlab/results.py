@@ -14,7 +14,14 @@ from functools import cached_property
 from pathlib import Path
 
 from cxrlab.config import EvalSplit, EvaluateConfig
-from cxrlab.rundir import RunDir, SplitDir
+from cxrlab.rundir import (
+    ANALYSIS_FILE,
+    ANALYSIS_SUMMARY,
+    COMPARISON_FILE,
+    LOCALIZATION_FILE,
+    RunDir,
+    SplitDir,
+)
 
 __all__ = ["Run", "Training", "Evaluation", "Comparison", "Analysis", "Explanation"]
 
@@ -244,7 +251,7 @@ class Comparison(_Figures):
 
     @cached_property
     def summary(self) -> dict:
-        return _read_json(self.path / "comparison.json")
+        return _read_json(self.path / COMPARISON_FILE)
 
     @property
     def table(self):
@@ -280,12 +287,12 @@ class Analysis(_Figures):
 
     @cached_property
     def result(self) -> dict:
-        return _read_json(self.path / "analysis.json")
+        return _read_json(self.path / ANALYSIS_FILE)
 
     @property
     def summary(self) -> str:
         """summary.md: the answer in words, every claim with its number."""
-        return (self.path / "summary.md").read_text()
+        return (self.path / ANALYSIS_SUMMARY).read_text()
 
     def _repr_markdown_(self) -> str:  # a notebook shows the summary
         return self.summary
@@ -324,7 +331,7 @@ class Explanation(_Figures):
 
     @cached_property
     def result(self) -> dict:
-        return _read_json(self.path / "localization.json")
+        return _read_json(self.path / LOCALIZATION_FILE)
 
     @property
     def localization(self):

@@ -38,6 +38,11 @@ PREDICTIONS_FILE = "predictions.csv"
 PREDICTIONS_META = "predictions.json"
 METRICS_FILE = "metrics.json"
 LOCK_FILE = ".cxrlab.lock"  # held by the process writing the folder (cxrlab.locking)
+COMPARISON_FILE = "comparison.json"  # reports/compare/<split>/
+ANALYSIS_FILE = "analysis.json"  # analysis/<name>/
+ANALYSIS_SUMMARY = "summary.md"  # analysis/<name>/
+EXPLAIN_INDEX = "explain.json"  # reports/<name>/explain/
+LOCALIZATION_FILE = "localization.json"  # reports/<name>/explain/
 COMPARE = "compare"  # reports/compare/<split>: the model comparison, not a model
 EXPLAIN = "explain"  # reports/<name>/explain: Grad-CAM, not a split
 

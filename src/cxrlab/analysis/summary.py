@@ -26,6 +26,7 @@ from cxrlab.analysis.embedding import ClusterAnalysis, thread_limit
 from cxrlab.analysis.probe import probe_layers
 from cxrlab.errors import DataError
 from cxrlab.labels import IMAGE_INDEX, PATIENT_ID, parse_finding_labels, parse_targets
+from cxrlab.rundir import ANALYSIS_FILE, ANALYSIS_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def jsonable(obj):
 def write_outputs(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``analysis.json`` and ``summary.md`` for `result` (from `run_analysis`)."""
     out_dir = Path(out_dir)
-    json_path, md_path = out_dir / "analysis.json", out_dir / "summary.md"
+    json_path, md_path = out_dir / ANALYSIS_FILE, out_dir / ANALYSIS_SUMMARY
     json_path.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
     md_path.write_text(summary_markdown(result))
     log.info("wrote %s and %s", json_path, md_path)

@@ -9,6 +9,7 @@ import typer
 from cxrlab.cli.app import app, console
 from cxrlab.cli.options import DEVICE_HELP, csv_list, from_config
 from cxrlab.config import AnalyzeConfig, Device, Scaling, Split
+from cxrlab.rundir import ANALYSIS_SUMMARY
 
 
 @app.command("analyze")
@@ -49,7 +50,7 @@ def analyze_command(
     options = section_from(AnalyzeConfig, given, "analyze options", exclude=("model",))
     result = analyze_model(run_dir, model, options)
     out = analysis_dir(run_dir, model)
-    summary = out / "summary.md"
+    summary = out / ANALYSIS_SUMMARY
     if summary.is_file():
         from rich.markdown import Markdown
 

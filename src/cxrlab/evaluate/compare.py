@@ -26,7 +26,7 @@ from cxrlab.evaluate.figures import (
 )
 from cxrlab.evaluate.metrics import Predictions, check_same_run, read_predictions
 from cxrlab.evaluate.tables import DELONG_COLUMN, format_ci, paired_table, save_table
-from cxrlab.rundir import RunDir, SplitDir
+from cxrlab.rundir import COMPARISON_FILE, RunDir, SplitDir
 from cxrlab.runinfo import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def compare_models(
         "auroc": {name: _auroc_row(m, targets) for name, m in metrics.items()},
         "best": _best(metrics, targets),
     }
-    write_json(out_dir / "comparison.json", summary)
+    write_json(out_dir / COMPARISON_FILE, summary)
     _write_tables(summary, metrics, targets, out_dir)
     probs = {name: preds[name].p for name in names}
     fig_dir = SplitDir(out_dir).figures

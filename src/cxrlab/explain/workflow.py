@@ -40,6 +40,7 @@ from cxrlab.explain import localization as loc
 from cxrlab.explain.gradcam import gradcam
 from cxrlab.labels import IMAGE_INDEX
 from cxrlab.models import resolve_cam_layers
+from cxrlab.rundir import EXPLAIN_INDEX, LOCALIZATION_FILE
 from cxrlab.runinfo import write_atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -351,7 +352,7 @@ def _render(ctx: _Context, row, k, cam, score, group: str, rank: int, prob: floa
 
 def _remove_previous(out_dir: Path, run_dir: Path) -> None:
     """Delete the PNGs an earlier run indexed here, so no stale overlay survives."""
-    index = out_dir / "explain.json"
+    index = out_dir / EXPLAIN_INDEX
     if not index.is_file():
         return
     try:
@@ -375,9 +376,9 @@ def _write_outputs(ctx: _Context, settings: dict, entries, scores, summary) -> l
     out = ctx.out_dir
     table = pd.DataFrame.from_dict(summary, orient="index").rename_axis("pathology")
     return [
-        write_json(out / "explain.json", {**head, "entries": entries, "notes": ctx.notes}),
+        write_json(out / EXPLAIN_INDEX, {**head, "entries": entries, "notes": ctx.notes}),
         write_json(
-            out / "localization.json",
+            out / LOCALIZATION_FILE,
             {**head, "definitions": loc.DEFINITIONS, "per_pathology": summary, "notes": ctx.notes},
         ),
         write_atomic(out / "localization.csv", table.reset_index().to_csv(index=False)),

@@ -18,7 +18,14 @@ import pandas as pd
 
 from cxrlab.errors import DataError
 from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
-from cxrlab.rundir import RunDir
+from cxrlab.rundir import (
+    ANALYSIS_FILE,
+    ANALYSIS_SUMMARY,
+    COMPARISON_FILE,
+    EXPLAIN_INDEX,
+    LOCALIZATION_FILE,
+    RunDir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +251,7 @@ def collect_metrics(run_dir: Path, names: list[str], split: str) -> dict | None:
 
 def collect_comparison(run_dir: Path, split: str) -> dict | None:
     folder = RunDir(run_dir).comparison(split)
-    summary = read_mapping(folder / "comparison.json")
+    summary = read_mapping(folder / COMPARISON_FILE)
     if summary is None:
         return None
     for key in ("models", "targets", "auroc", "pairs"):
@@ -257,14 +264,14 @@ def collect_analysis(run_dir: Path) -> list[dict] | None:
     """Every `analysis.json` under `analysis/` (one per model, or per model and layer)."""
     root = RunDir(run_dir).analysis_root
     blocks = []
-    for path in sorted(root.rglob("analysis.json")) if root.is_dir() else []:
+    for path in sorted(root.rglob(ANALYSIS_FILE)) if root.is_dir() else []:
         folder = path.parent
         result = read_mapping(path)
         blocks.append(
             {
                 "name": str(folder.relative_to(root)),
                 "result": result,
-                "summary_md": read_text(folder / "summary.md"),
+                "summary_md": read_text(folder / ANALYSIS_SUMMARY),
                 "figures": {**pngs(folder / "figures", ANALYSIS_FIGURES), **pngs(folder)},
                 "interactive": sorted(p.relative_to(run_dir) for p in folder.rglob("*.html")),
                 "dir": folder,
@@ -278,8 +285,8 @@ def collect_explain(run_dir: Path, names: list[str]) -> dict | None:
     models = {}
     for name in names:
         folder = RunDir(run_dir).explanation(name)
-        index = read_json(folder / "explain.json")
-        localization = read_json(folder / "localization.json")
+        index = read_json(folder / EXPLAIN_INDEX)
+        localization = read_json(folder / LOCALIZATION_FILE)
         if index is None and localization is None:
             continue
         models[name] = {
