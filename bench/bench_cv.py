@@ -32,10 +32,12 @@ import os
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cxrlab.config import DataConfig, ExperimentConfig, build
 from cxrlab.data.rundata import RunData, load_run_data
@@ -51,8 +53,19 @@ NO_EARLY_STOP = 1000  # patience longer than any run
 
 #: name -> (config overrides on cxrlab's defaults, checkpoint the fold is scored with).
 RECIPES: dict[str, tuple[dict[str, Any], str]] = {
-    # `cxrlab train R --model efficientnet_lite0 --pretrained`, every other default
+    # `cxrlab train R --model efficientnet_lite0 --pretrained`, every other default (today:
+    # config.TRANSFER_RECIPE; best.ckpt holds the final epoch's EMA weights)
     "default": ({"model": LITE0}, "best"),
+    # the defaults before TRANSFER_RECIPE: one LR (1e-3) for the whole network, up to 30
+    # epochs, early stopping (patience 5) and the epoch with the best val macro AUROC
+    "previous": (
+        {
+            "model": LITE0,
+            "optim": {"backbone_lr_mult": 1.0},
+            "train": {"epochs": 30, "select": "best", "ema": False},
+        },
+        "best",
+    ),
     # the issue's 30-line reference: fixed LR for the whole network, cosine, 8 epochs, no
     # early stopping, the final weights
     "plain": (
@@ -60,21 +73,43 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
             "model": LITE0,
             "optim": {"lr": 3e-4, "backbone_lr_mult": 1.0},
             "schedule": {"name": "cosine", "warmup_epochs": 0},
-            "train": {"epochs": 8, "patience": NO_EARLY_STOP},
+            "train": {"epochs": 8, "patience": NO_EARLY_STOP, "select": "last", "ema": False},
         },
         "last",
     ),
-    # frozen ImageNet features, a linear head (the probe reference)
-    "probe": (
+    # the plain fine-tune, validated and kept through a weight EMA (final EMA weights)
+    "plain_ema": (
+        {
+            "model": LITE0,
+            "optim": {"lr": 3e-4, "backbone_lr_mult": 1.0},
+            "schedule": {"name": "cosine", "warmup_epochs": 0},
+            "train": {"epochs": 8, "patience": NO_EARLY_STOP, "select": "last", "ema": True},
+        },
+        "best",
+    ),
+    # cxrlab's own linear-probe strategy (frozen backbone, a linear head trained by SGD)
+    "probe_head": (
         {
             "model": LITE0,
             "optim": {"lr": 3e-3},
-            "train": {"strategy": "linear-probe", "epochs": 15, "patience": NO_EARLY_STOP},
+            "train": {
+                "strategy": "linear-probe",
+                "epochs": 15,
+                "patience": NO_EARLY_STOP,
+                "select": "last",
+                "ema": False,
+            },
         },
         "last",
     ),
     "simple_cnn": ({"model": {"name": "simple_cnn"}}, "best"),
 }
+
+
+#: The issue's probe reference: logistic regression on frozen ImageNet Lite0 features
+#: (global-pooled), C chosen on the fold's val part. Not a cxrlab training run.
+PROBE = "probe"
+PROBE_C = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 # ---- folds ----------------------------------------------------------------------------------
@@ -134,51 +169,119 @@ def recipe_config(name: str, epochs: int | None) -> ExperimentConfig:
     return build(ExperimentConfig, overrides, source=f"recipe {name}")
 
 
-def run_fold(run_dir: Path, recipe: str, epochs: int | None) -> tuple[np.ndarray, dict]:
-    """Train `recipe` on one fold; (test-row probabilities (n, K), facts about the run)."""
-    from cxrlab.models.checkpoint import check_compatible, load_model_from_checkpoint
-    from cxrlab.models.inference import predict_images
+def run_fold(run_dir: Path, recipe: str, epochs: int | None) -> dict:
+    """Train `recipe` on one fold; facts about the run."""
     from cxrlab.train.engine import train_model
 
     start = time.perf_counter()
     result = train_model(
         run_dir, recipe_config(recipe, epochs), name=recipe, overwrite=True, progress_bar=False
     )
-    train_s = time.perf_counter() - start
+    return {
+        "train_s": time.perf_counter() - start,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+    }
+
+
+def fold_probs(run_dir: Path, recipe: str, tta: bool) -> np.ndarray:
+    """Test-row probabilities (n, K) of the fold's trained `recipe` (with TTA or not)."""
+    from cxrlab.models.checkpoint import check_compatible, load_model_from_checkpoint
+    from cxrlab.models.inference import predict_images
+
     data = load_run_data(run_dir)
     folder = data.paths.model(recipe)
     ckpt = folder.best_ckpt if RECIPES[recipe][1] == "best" else folder.last_ckpt
     model, info = load_model_from_checkpoint(ckpt)
     check_compatible(info, data, ckpt)
     rows = data.rows("test")
-    probs = predict_images(model, data.images, rows, info["mean"], info["std"], batch_size=64)
-    facts = {
-        "train_s": train_s,
-        "epochs_run": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "checkpoint": ckpt.name,
-    }
-    return probs, facts
+    return predict_images(
+        model, data.images, rows, info["mean"], info["std"], batch_size=64, tta=tta
+    )
 
 
-def cross_validate(base: RunData, fold: np.ndarray, recipe: str, args) -> np.ndarray:
-    """(N, K) out-of-fold probabilities of `recipe`; folds already saved are reused."""
-    out = np.full(base.labels.shape, np.nan)
-    for f in range(args.folds):
+def probe_features(base: RunData, work: Path) -> np.ndarray:
+    """(N, D) pooled ImageNet Lite0 features of every base image (computed once, saved)."""
+    saved = work / "probe_features.npy"
+    if saved.is_file():
+        return np.load(saved)
+    from cxrlab.models import resolve_normalization
+    from cxrlab.models.factory import create_model
+    from cxrlab.models.inference import to_model_input
+
+    model = create_model(LITE0["name"], len(base.targets), pretrained=True).eval()
+    mean, std = resolve_normalization(model)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(base.ids), 64):
+            x = to_model_input(base.images[start : start + 64], mean, std)
+            out.append(model.forward_head(model.forward_features(x), pre_logits=True).numpy())
+    features = np.concatenate(out)
+    np.save(saved, features)
+    return features
+
+
+def probe_fold(features: np.ndarray, y: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Test-row probabilities of per-class logistic regressions, C chosen on val AUROC,
+    then refitted on train + val."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(c: float, rows: np.ndarray, k: int):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        return clf.fit(features[rows], y[rows, k])
+
+    train, val, test = (split == s for s in ("train", "val", "test"))
+    probs = np.zeros((test.sum(), y.shape[1]))
+    for k in range(y.shape[1]):
+        scores = {c: roc_auc_score(y[val, k], fit(c, train, k).predict_proba(features[val])[:, 1])
+                  for c in PROBE_C}  # fmt: skip
+        best = max(scores, key=scores.get)
+        probs[:, k] = fit(best, train | val, k).predict_proba(features[test])[:, 1]
+    return probs
+
+
+def cross_validate(base: RunData, fold: np.ndarray, recipe: str, args) -> dict[str, np.ndarray]:
+    """{recipe: (N, K) out-of-fold probabilities[, recipe+tta: the same with TTA]}; folds
+    already saved are reused (TTA is added to a saved fold from its checkpoint)."""
+    names = [recipe, f"{recipe}+tta"] if args.tta and recipe != PROBE else [recipe]
+    out = {name: np.full(base.labels.shape, np.nan) for name in names}
+    for f in range(args.score_folds or args.folds):
         saved = args.work / recipe / f"fold{f}.npz"
+        run_dir = args.work / f"fold{f}"
         if saved.is_file():
-            probs = np.load(saved)["probs"]
+            stored = dict(np.load(saved))
+        elif recipe == PROBE:
+            split = load_run_data(fold_run(base, fold, f, args.val, args.work)).cohort["split"]
+            probs = probe_fold(probe_features(base, args.work), base.labels, split.to_numpy())
+            stored = {"probs": probs, "facts": json.dumps({"recipe": "logistic probe"})}
         else:
             run_dir = fold_run(base, fold, f, args.val, args.work)
-            probs, facts = run_fold(run_dir, recipe, args.epochs)
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(saved, probs=probs, facts=json.dumps(facts))
+            facts = run_fold(run_dir, recipe, args.epochs)
+            stored = {"probs": fold_probs(run_dir, recipe, tta=False), "facts": json.dumps(facts)}
             print(f"  {recipe} fold {f}: {facts}", flush=True)
-        out[fold == f] = probs
+        if args.tta and recipe != PROBE and "probs_tta" not in stored:
+            stored["probs_tta"] = fold_probs(run_dir, recipe, tta=True)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(saved, **stored)
+        out[recipe][fold == f] = stored["probs"]
+        if len(names) > 1:
+            out[names[1]][fold == f] = stored["probs_tta"]
     return out
 
 
-# ---- statistics -----------------------------------------------------------------------------
+def scored_part(base: RunData, rows: np.ndarray) -> SimpleNamespace:
+    """What scoring needs of `base` (labels, patients, targets, ids), for `rows` only."""
+    return SimpleNamespace(
+        labels=base.labels[rows],
+        patient_ids=np.asarray(base.patient_ids)[rows],
+        targets=base.targets,
+        ids=np.asarray(base.ids)[rows],
+    )
+
+
 def summarize(base: RunData, fold: np.ndarray, probs: np.ndarray, n_boot: int) -> dict:
     from sklearn.metrics import roc_auc_score
 
@@ -232,11 +335,16 @@ def markdown(base: RunData, results: dict, deltas: dict, args) -> str:
         lines.append(f"| {label} | {delta} | {p if p is None else f'{p:.3g}'} |")
     lines.append("")
     lines.append(
-        f"{args.folds}-fold patient-grouped CV, {len(base.ids)} images, "
+        f"{args.folds}-fold patient-grouped CV{_partial(args)}, {len(base.ids)} images, "
         f"{len(set(base.patient_ids))} patients, {args.image_size} px; "
         f"bootstrap {args.bootstrap} resamples over patients."
     )
     return "\n".join(lines)
+
+
+def _partial(args) -> str:
+    n = args.score_folds
+    return f" (folds 0-{n - 1} scored)" if n and n < args.folds else ""
 
 
 def main() -> None:
@@ -248,20 +356,30 @@ def main() -> None:
     parser.add_argument("--val", type=float, default=0.15, help="val share of training patients")
     parser.add_argument("--recipes", default="plain,default,probe")
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's")
+    parser.add_argument(
+        "--score-folds",
+        type=int,
+        default=None,
+        help="train and score only the first N folds (of --folds), for a partial run",
+    )
+    parser.add_argument("--tta", action="store_true", help="also score each recipe with TTA")
     parser.add_argument("--n-images", type=int, default=None, help="subset (smoke tests)")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    unknown = sorted(set(recipes) - set(RECIPES))
+    unknown = sorted(set(recipes) - set(RECIPES) - {PROBE})
     if unknown:
-        raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+        raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join([*RECIPES, PROBE])}")
     base = prepare_base(args)
     fold = assign_folds(base.cohort, base.targets, args.folds, args.seed)
     print(f"{len(base.ids)} images in {args.folds} folds: {np.bincount(fold).tolist()}; "
           f"{platform.node()}, {os.cpu_count()} CPUs", flush=True)  # fmt: skip
-    oof = {r: cross_validate(base, fold, r, args) for r in recipes}
+    oof = {k: v for r in recipes for k, v in cross_validate(base, fold, r, args).items()}
+    scored = fold < (args.score_folds or args.folds)  # all images, or the first folds' only
+    oof = {name: probs[scored] for name, probs in oof.items()}
+    base, fold = scored_part(base, scored), fold[scored]
     results = {r: summarize(base, fold, p, args.bootstrap) for r, p in oof.items()}
     deltas = pairs(base, oof, args.bootstrap)
     text = markdown(base, results, deltas, args)

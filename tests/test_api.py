@@ -28,6 +28,7 @@ from cxrlab.cli import app
 from cxrlab.cli.options import field_default
 from cxrlab.config import (
     TRAIN_OPTIONS,
+    TRANSFER_RECIPE,
     AnalyzeConfig,
     DataConfig,
     EvaluateConfig,
@@ -179,8 +180,13 @@ def test_every_shared_option_has_one_default_in_api_and_cli(name):
 def test_train_options_are_the_cli_flags_and_default_to_experiment_config():
     assert set(TRAIN_OPTIONS) <= set(_cli_params("train"))
     defaults = _api_defaults("train")
+    by_recipe = {f"{s}.{k}" for s, keys in TRANSFER_RECIPE.items() for k in keys}
+    assert {"train.epochs", "optim.lr", "train.select"} <= by_recipe
     for flag, dotted in TRAIN_OPTIONS.items():
-        assert defaults[flag] == experiment_default(dotted), flag
+        if dotted in by_recipe:  # None: the config's value, from scratch or the recipe's
+            assert defaults[flag] is None, flag
+        else:
+            assert defaults[flag] == experiment_default(dotted), flag
     assert experiment_default("optim.lr") == ExperimentConfig().optim.lr
 
 

@@ -37,3 +37,28 @@ def test_folds_test_every_image_once_with_whole_patients(tmp_path: Path):
         tested[test] += 1
     assert (tested == 1).all()
     assert all(bench.recipe_config(name, None) for name in bench.RECIPES)  # recipes validate
+
+
+def test_probe_fold_fits_on_train_and_val_and_scores_the_test_rows():
+    from sklearn.metrics import roc_auc_score
+
+    bench = _bench()
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (300, 2))
+    features = np.hstack([y + rng.normal(0, 0.7, y.shape), rng.normal(0, 1, (300, 6))])
+    split = np.array(["train"] * 180 + ["val"] * 60 + ["test"] * 60)
+    probs = bench.probe_fold(features, y, split)
+    assert probs.shape == (60, 2) and ((probs >= 0) & (probs <= 1)).all()
+    test = split == "test"
+    assert min(roc_auc_score(y[test, k], probs[:, k]) for k in range(2)) > 0.8
+    shuffled = bench.probe_fold(rng.permutation(features), y, split)  # no signal left
+    assert max(roc_auc_score(y[test, k], shuffled[:, k]) for k in range(2)) < 0.75
+
+
+def test_a_partial_run_scores_only_the_first_folds(tmp_path: Path):
+    bench = _bench()
+    base = load_run_data(make_tiny_run(tmp_path, n=40, size=16))
+    rows = np.arange(40) < 25
+    part = bench.scored_part(base, rows)
+    assert part.labels.shape == (25, len(base.targets)) and len(part.patient_ids) == 25
+    assert list(part.ids) == list(np.asarray(base.ids)[:25])

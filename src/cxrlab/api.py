@@ -29,6 +29,7 @@ from typing import Any
 
 from cxrlab.config import (
     TRAIN_OPTIONS,
+    TRANSFER_RECIPE,
     Accelerator,
     AnalyzeConfig,
     CamMethod,
@@ -45,6 +46,7 @@ from cxrlab.config import (
     Sampling,
     Scaling,
     Schedule,
+    Selection,
     Split,
     SplitMethod,
     Strategy,
@@ -80,8 +82,12 @@ _EVAL, _ANALYZE, _EXPLAIN = EvaluateConfig(), AnalyzeConfig(), ExplainConfig()
 _PREDICT = PredictConfig()
 
 
-def _d(dotted: str) -> Any:
-    return experiment_default(TRAIN_OPTIONS[dotted])
+def _d(flag: str) -> Any:
+    return experiment_default(TRAIN_OPTIONS[flag])
+
+
+#: Keys whose default depends on a pretrained start (None in `train`'s signature).
+_BY_RECIPE = frozenset(f"{s}.{k}" for s, keys in TRANSFER_RECIPE.items() for k in keys)
 
 
 def _root(run: Run | str | os.PathLike) -> Path:
@@ -163,12 +169,15 @@ def train(
     model_kwargs: Mapping[str, Any] | None = None,
     strategy: Strategy = _d("strategy"),
     freeze_epochs: int = _d("freeze_epochs"),
-    epochs: int = _d("epochs"),
+    epochs: int | None = None,
     batch_size: int = _d("batch_size"),
-    lr: float = _d("lr"),
+    lr: float | None = None,
+    backbone_lr_mult: float = _d("backbone_lr_mult"),
     optimizer: Optimizer = _d("optimizer"),
     schedule: Schedule = _d("schedule"),
     patience: int = _d("patience"),
+    select: Selection | None = None,
+    ema: bool = _d("ema"),
     pos_weight: bool = _d("pos_weight"),
     seed: int = _d("seed"),
     precision: Precision = _d("precision"),
@@ -190,6 +199,11 @@ def train(
     model: simple_cnn or a timm name (resnet18, efficientnet_lite0, densenet121, ...);
         `model_kwargs` go to its constructor (SimpleCNN: base_width, depth, convs_per_block).
     strategy: full, freeze-then-unfreeze (head only for `freeze_epochs`) or linear-probe.
+    epochs, lr, select: None takes the config's value: from scratch 30, 1e-3, "best"
+        (early stopping); with `pretrained` or `weights`, the transfer recipe
+        (`cxrlab.config.TRANSFER_RECIPE`: 8, 3e-4, "last", no warm-up).
+    backbone_lr_mult: the backbone's LR as a share of `lr`; ema: keep a weight EMA
+        (timm's ModelEmaV3) and use its weights.
     precision/accelerator/devices/num_nodes: where to train; devices > 1 trains with DDP.
     config: a YAML experiment file (as `--config`), a mapping or an `ExperimentConfig`;
         keyword options that differ from their default override it (an option left at
@@ -200,7 +214,7 @@ def train(
 
     given = locals()
     overrides = {
-        dotted: _override(given[flag], experiment_default(dotted))
+        dotted: _override(given[flag], _d(flag) if dotted not in _BY_RECIPE else None)
         for flag, dotted in TRAIN_OPTIONS.items()
     }
     if weights is not None:
@@ -241,6 +255,7 @@ def evaluate(
     bootstrap: int = _EVAL.bootstrap,
     seed: int = _EVAL.seed,
     temperature: bool = _EVAL.temperature,
+    tta: bool = _EVAL.tta,
     drop_missing: bool = _EVAL.drop_missing,
     figures: bool = _EVAL.figures,
     age_edges: Sequence[int] = tuple(_EVAL.age_edges),
@@ -255,6 +270,7 @@ def evaluate(
     split: test, or val (optimistic: its thresholds were chosen on it).
     data_root: evaluate every image of another NIH-layout data set instead (external set).
     threshold: max_f1, youden or fixed_sensitivity (at `target_sensitivity`).
+    tta: test-time augmentation (mean over 5 small zooms/shifts, never a flip).
     device: auto (a GPU when there is one), cpu, cuda or mps; batch_size per forward pass.
     """
     from cxrlab.evaluate.workflow import evaluate_model

@@ -35,6 +35,12 @@ def evaluate_command(
     temperature: bool = from_config(
         EvaluateConfig, "temperature", help="Fit temperature scaling on val and apply it."
     ),
+    tta: bool = from_config(
+        EvaluateConfig,
+        "tta",
+        "--tta/--no-tta",
+        help="Test-time augmentation: mean over 5 small zooms/shifts (never a flip).",
+    ),
     drop_missing: bool = from_config(
         EvaluateConfig, "drop_missing", help="External set: drop missing images."
     ),

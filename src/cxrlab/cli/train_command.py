@@ -15,7 +15,24 @@ from rich.table import Table
 
 from cxrlab.cli.app import app, console, quiet_lightning
 from cxrlab.cli.options import NOT_GIVEN as _NOT_GIVEN  # a flag not given keeps the file's
-from cxrlab.config import TRAIN_OPTIONS, Accelerator, Optimizer, Precision, Schedule, Strategy
+from cxrlab.config import (
+    TRAIN_OPTIONS,
+    Accelerator,
+    Optimizer,
+    Precision,
+    Schedule,
+    Selection,
+    Strategy,
+    recipe_default,
+)
+
+
+def _by_recipe(dotted: str) -> str:
+    """'default X; Y pretrained' from the config (the transfer recipe's value if it has one)."""
+    scratch, transfer = (recipe_default(dotted, transfer=t) for t in (False, True))
+    if scratch == transfer:
+        return f"default {scratch}"
+    return f"default {scratch}; {transfer} with --pretrained or --weights"
 
 
 def _devices(value: str | None) -> int | str | None:
@@ -44,15 +61,29 @@ def train_command(
     freeze_epochs: int = typer.Option(
         _NOT_GIVEN, help="Head-only epochs before unfreezing (freeze-then-unfreeze)."
     ),
-    epochs: int = typer.Option(_NOT_GIVEN, help="Maximum epochs (default 30)."),
+    epochs: int = typer.Option(_NOT_GIVEN, help=f"Maximum epochs ({_by_recipe('train.epochs')})."),
     batch_size: int = typer.Option(_NOT_GIVEN, help="Images per batch per device (default 32)."),
     lr: float = typer.Option(_NOT_GIVEN, help="Learning rate of the head / whole model."),
+    backbone_lr_mult: float = typer.Option(
+        _NOT_GIVEN,
+        help=f"Backbone learning rate = lr x this ({_by_recipe('optim.backbone_lr_mult')}).",
+    ),
     optimizer: Optimizer = typer.Option(_NOT_GIVEN, help="Optimizer (default adamw)."),
     schedule: Schedule = typer.Option(
         _NOT_GIVEN, help="LR schedule (default cosine: warm-up, then cosine decay)."
     ),
     patience: int = typer.Option(
         _NOT_GIVEN, help="Early stopping: epochs without val macro AUROC gain (default 5)."
+    ),
+    select: Selection = typer.Option(
+        _NOT_GIVEN,
+        help="Weights best.ckpt keeps: best (highest val macro AUROC, early stopping) or last"
+        f" (final epoch, no early stopping) ({_by_recipe('train.select')}).",
+    ),
+    ema: bool = typer.Option(
+        _NOT_GIVEN,
+        "--ema/--no-ema",
+        help=f"Validate and keep an EMA of the weights ({_by_recipe('train.ema')}).",
     ),
     pos_weight: bool = typer.Option(
         _NOT_GIVEN, "--pos-weight/--no-pos-weight", help="Weight positives by neg/pos in BCE."
@@ -99,8 +130,8 @@ def _print_result(result) -> None:
     table.add_row("model folder", str(result.model_dir))
     best = "n/a" if result.best_epoch is None else str(result.best_epoch)
     auroc = "n/a" if result.best_val_auroc is None else f"{result.best_val_auroc:.4f}"
-    table.add_row("best epoch", best)
-    table.add_row("best val macro AUROC", auroc)
+    table.add_row("epoch kept (best.ckpt)", best)
+    table.add_row("its val macro AUROC", auroc)
     table.add_row(
         "epochs run", f"{result.epochs_run}{' (early stop)' if result.stopped_early else ''}"
     )

@@ -54,7 +54,8 @@ def predict_external(trained, data, data_root, sidecar, options, progress) -> Sp
         trained.std,
         batch_size=options.batch_size,
         progress=progress,
-        desc="predicting external",
+        desc=f"predicting external{' (TTA)' if options.tta else ''}",
+        tta=options.tta,
     )
     frame = predictions_frame(cohort, targets, probs)
     meta = {

@@ -38,6 +38,7 @@ from cxrlab.evaluate.tables import (
     threshold_table,
 )
 from cxrlab.evaluate.thresholds import choose_thresholds, save_thresholds
+from cxrlab.labels import IMAGE_INDEX
 from cxrlab.models.inference import predict_images
 from cxrlab.rundir import RunDir, SplitDir
 from cxrlab.runinfo import read_json, write_json
@@ -76,12 +77,16 @@ def evaluate_model(
         "model": name,
         "targets": data.targets,
         "checkpoint_epoch": trained.info.get("epoch"),
+        "weights": trained.info.get("weights"),
+        "tta": options.tta,
     }
     val_dir = _predict_split(trained, data, "val", sidecar, options, progress)
     val = read_predictions(val_dir.predictions, data.targets)
-    # thresholds.json holds thresholds on the model's own outputs (explain and serve apply
-    # it to raw probabilities); evaluation under temperature re-chooses them below.
-    save_thresholds(choose_for(val, options), trained.folder.thresholds)
+    # thresholds.json holds thresholds on the model's own single-view outputs (explain,
+    # predict and serve apply it to raw probabilities); evaluation under temperature or
+    # TTA re-chooses them below.
+    own = _single_view(trained, data, val, options) if options.tta else val
+    save_thresholds(choose_for(own, options), trained.folder.thresholds)
     scaler = TemperatureScaler().fit(val.p, val.y) if options.temperature else None
     thresholds = choose_for(val, options, scaler)
     if data_root is not None:
@@ -111,6 +116,18 @@ def choose_for(val: Predictions, options: EvaluateConfig, scaler=None) -> dict:
     return {t: {**entry, "probabilities": _scale(scaler)} for t, entry in chosen.items()}
 
 
+def _single_view(trained, data, val: Predictions, options: EvaluateConfig) -> Predictions:
+    """`val` with the model's probabilities without test-time augmentation."""
+    import dataclasses
+
+    rows = data.rows("val")
+    if list(val.ids) != data.cohort.iloc[rows][IMAGE_INDEX].astype(str).tolist():
+        raise EvaluationError("val predictions are not in the cohort's order")  # a bug
+    kwargs = {"batch_size": options.batch_size}
+    probs = predict_images(trained.model, data.images, rows, trained.mean, trained.std, **kwargs)
+    return dataclasses.replace(val, p=probs.astype(np.float64))
+
+
 def _predict_split(trained, data, split: str, sidecar: dict, options, progress) -> SplitDir:
     rows = data.rows(split)
     if rows.size == 0:
@@ -123,7 +140,8 @@ def _predict_split(trained, data, split: str, sidecar: dict, options, progress) 
         trained.std,
         batch_size=options.batch_size,
         progress=progress,
-        desc=f"predicting {split}",
+        desc=f"predicting {split}{' (TTA)' if options.tta else ''}",
+        tta=options.tta,
     )
     frame = predictions_frame(data.cohort.iloc[rows], data.targets, probs)
     out_dir = data.paths.evaluation(trained.name, split)

@@ -86,7 +86,8 @@ def load_model_from_checkpoint(
     """Rebuild the trained network from a checkpoint alone; returns (model in eval, info).
 
     `info` is the checkpoint's `cxrlab` block (model, targets, image_size, mean, std,
-    config, versions, split_hash, seed, name) plus `epoch` and `path`.
+    config, versions, split_hash, seed, name) plus `epoch`, `path` and `weights` ("ema"
+    when the run kept a weight EMA: those are the weights loaded; else "trained").
     """
     path = Path(path)
     if not path.is_file():
@@ -101,17 +102,28 @@ def load_model_from_checkpoint(
         raise ModelError(f"{path} is not a cxrlab training checkpoint (no 'cxrlab' block)")
     config = build(ExperimentConfig, info["config"], source=f"{path} (cxrlab.config)")
     model = build_network(config, len(info["targets"]), pretrained=False)
-    state = {
-        k.removeprefix("model."): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith("model.")
-    }
+    state, averaged = inference_weights(checkpoint["state_dict"])
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit {info['model']}: {exc}") from None
     model.to(map_location).eval()
-    return model, {**info, "epoch": checkpoint.get("epoch"), "path": str(path)}
+    weights = "ema" if averaged else "trained"
+    return model, {**info, "epoch": checkpoint.get("epoch"), "path": str(path), "weights": weights}
+
+
+#: State-dict prefixes of the trained network and of its weight EMA (train/module.py).
+MODEL_PREFIX, EMA_PREFIX = "model.", "ema.module."
+
+
+def inference_weights(state_dict: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(the network's state dict for inference, whether it is the EMA's): a run trained with
+    `train.ema` is used through its average, every other through its trained weights."""
+    averaged = any(k.startswith(EMA_PREFIX) for k in state_dict)
+    prefix = EMA_PREFIX if averaged else MODEL_PREFIX
+    return {
+        k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)
+    }, averaged
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 The cached uint8 image is scaled to [0, 1] and normalised with the checkpoint's own mean/std;
 no augmentation. Evaluation, analysis, Grad-CAM and serving all go through here.
+
+Test-time augmentation (`tta=True`) averages the sigmoid probabilities over `TTA_VIEWS`:
+the image itself and four small zooms/shifts inside the training augmentation's range,
+never a flip (a flipped film puts the heart on the wrong side).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cxrlab.errors import ConfigError
@@ -63,6 +68,45 @@ def to_model_input(batch_u8: np.ndarray, mean: Sequence[float], std: Sequence[fl
     return (x - m) / s
 
 
+#: (zoom, shift x, shift y) of each test-time view; shifts as a share of the image side,
+#: zoom > 1 magnifies. The first is the image itself.
+TTA_VIEWS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.0, 0.0),
+    (1.05, 0.0, 0.0),
+    (0.95, 0.0, 0.0),
+    (1.0, 0.03, 0.03),
+    (1.0, -0.03, -0.03),
+)
+
+
+def view(x01: torch.Tensor, zoom: float, shift_x: float, shift_y: float) -> torch.Tensor:
+    """(B, C, S, S) images in [0, 1], zoomed about the centre and shifted; the area the
+    view brings in is black, as in training's augmentation."""
+    if (zoom, shift_x, shift_y) == (1.0, 0.0, 0.0):
+        return x01
+    theta = torch.tensor(
+        [[1.0 / zoom, 0.0, 2.0 * shift_x], [0.0, 1.0 / zoom, 2.0 * shift_y]],
+        dtype=x01.dtype,
+        device=x01.device,
+    )
+    grid = F.affine_grid(theta.expand(len(x01), 2, 3), list(x01.shape), align_corners=False)
+    return F.grid_sample(x01, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _probabilities(model, batch_u8: np.ndarray, mean, std, device, views) -> np.ndarray:
+    x01 = torch.from_numpy(np.ascontiguousarray(batch_u8)).unsqueeze(1).float().div_(255.0)
+    x01 = x01.to(device, non_blocking=True)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    total = None
+    for v in views:
+        with autocast(device):
+            logits = model((view(x01, *v) - m) / s)  # (B, K)
+        p = torch.sigmoid(logits.float())
+        total = p if total is None else total + p
+    return (total / len(views)).cpu().numpy()
+
+
 @torch.inference_mode()
 def predict_images(
     model: torch.nn.Module,
@@ -74,18 +118,18 @@ def predict_images(
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "predicting",
+    tta: bool = False,
 ) -> np.ndarray:
-    """Sigmoid probabilities (len(rows), K) for cache rows `rows` of `images` (N, S, S)."""
+    """Sigmoid probabilities (len(rows), K) for cache rows `rows` of `images` (N, S, S);
+    with `tta`, the mean over `TTA_VIEWS`."""
     model.eval()
     device = model_device(model)
+    views = TTA_VIEWS if tta else TTA_VIEWS[:1]
     rows = np.asarray(rows, dtype=np.int64)
     out = []
     starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
         chunk = rows[start : start + batch_size]
-        x = to_model_input(images[chunk], mean, std).to(device, non_blocking=True)
-        with autocast(device):
-            logits = model(x)  # (B, K)
-        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+        out.append(_probabilities(model, images[chunk], mean, std, device, views))
     k = int(getattr(model, "num_classes", 0)) or (out[0].shape[1] if out else 0)
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.float32)

@@ -27,6 +27,19 @@ def colors(data: dict) -> dict[str, str]:
     return out
 
 
+def _weights_used(train: dict) -> str:
+    rule = "final epoch" if train.get("select") == "last" else "highest val macro AUROC"
+    return f"{rule}{', weight EMA' if train.get('ema') else ''}"
+
+
+def _lrs(optim: dict, train: dict) -> str:
+    lr, mult = optim.get("lr"), optim.get("backbone_lr_mult", 1.0)
+    backbone = (
+        "none" if train.get("strategy") == "linear-probe" else show(lr * mult if lr else None)
+    )
+    return f"{show(optim.get('name'))}, {show(lr)} ({backbone})"
+
+
 def training_highlights(block: dict) -> dict:
     """Config and outcome of one model's training, as (label, value) rows."""
     config, run = block["config"] or {}, block["run"] or {}
@@ -42,10 +55,11 @@ def training_highlights(block: dict) -> dict:
         ("pretrained", _pretrained(model)),
         ("strategy", train.get("strategy")),
         ("epochs run / max", f"{show(epochs_run)} / {show(train.get('epochs'))}"),
-        ("best epoch (from 0)", show(best_epoch)),
-        ("best val macro AUROC", show(best_val)),
+        ("epoch used (from 0)", show(best_epoch)),
+        ("its val macro AUROC", show(best_val)),
+        ("weights used", _weights_used(train)),
         ("stopped early", show(run.get("stopped_early"))),
-        ("optimizer, lr", f"{show(optim.get('name'))}, {show(optim.get('lr'))}"),
+        ("optimizer, lr (backbone)", _lrs(optim, train)),
         ("batch size", show(train.get("batch_size"))),
         ("image size", show(run.get("image_size"))),
         ("pos_weight", show(train.get("pos_weight"))),

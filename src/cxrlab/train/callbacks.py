@@ -84,6 +84,15 @@ class MetricsCSV(L.Callback):
         top = max(scored, key=lambda r: r["val_auroc_macro"])  # max() keeps the first tie
         return int(top["epoch"]), float(top["val_auroc_macro"])
 
+    def kept(self, select: str) -> tuple[int, float] | None:
+        """(epoch, val_auroc_macro) of the epoch best.ckpt holds under `train.select`."""
+        if select == "best":
+            return self.best()
+        if not self.rows:
+            return None
+        last = max(self.rows, key=lambda r: r["epoch"])
+        return int(last["epoch"]), float(last["val_auroc_macro"])
+
     def _write(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero:
             return

@@ -72,8 +72,8 @@ class TrainResult:
     model_dir: Path
     best_checkpoint: Path
     last_checkpoint: Path
-    best_epoch: int | None  # 0-based; None when no epoch had a defined val macro AUROC
-    best_val_auroc: float | None
+    best_epoch: int | None  # 0-based epoch best.ckpt holds (train.select); None: none scored
+    best_val_auroc: float | None  # that epoch's val macro AUROC (NaN: undefined)
     epochs_run: int  # epochs in metrics.csv (after a resume: all of them)
     stopped_early: bool
 
@@ -376,8 +376,8 @@ def _finish(
     settings: dict[str, Any],
     started: str,
 ) -> TrainResult:
-    best = metrics_cb.best()
-    stopper = next(cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping))
+    best = metrics_cb.kept(config.train.select)
+    stopper = next((cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)), None)
     result = TrainResult(
         model_dir=folder.path,
         best_checkpoint=folder.best_ckpt,
@@ -385,7 +385,7 @@ def _finish(
         best_epoch=best[0] if best else None,
         best_val_auroc=best[1] if best else None,
         epochs_run=len(metrics_cb.rows),
-        stopped_early=stopper.stopped_epoch > 0,
+        stopped_early=stopper is not None and stopper.stopped_epoch > 0,
     )
     summary = {
         "finished": _now(),

@@ -89,6 +89,11 @@ class ChestXrayClassifier(L.LightningModule):
         self.config = ExperimentConfig.model_validate(config)
         self.targets = list(targets)
         self.model = build_network(self.config, len(self.targets), pretrained=pretrained)
+        # The average's weights live in the state dict as `ema.module.*`: checkpoints carry
+        # them (resume continues the average), and inference loads them (checkpoint.py).
+        self.ema = (
+            make_ema(self.model, self.config.train.ema_decay) if self.config.train.ema else None
+        )
         from cxrlab.models import resolve_normalization
 
         mean, std = resolve_normalization(self.model)
@@ -130,9 +135,17 @@ class ChestXrayClassifier(L.LightningModule):
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:  # after the optimiser step; global_step counts steps done
+            self.ema.update(self.model, step=self.global_step)
+
+    def inference_model(self) -> nn.Module:
+        """The weights validation and inference use: the EMA's when it is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, rows = batch
-        self._val_outputs.append((rows, self(x).float(), y))
+        self._val_outputs.append((rows, self.inference_model()(x).float(), y))
 
     # ---- epoch boundaries ---------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -231,7 +244,7 @@ class ChestXrayClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         opt_cfg, strategy = self.config.optim, self.config.train.strategy
         head, backbone = split_head(self.model)
-        backbone_lr = opt_cfg.lr * (opt_cfg.backbone_lr_mult if strategy != "full" else 1.0)
+        backbone_lr = opt_cfg.lr * opt_cfg.backbone_lr_mult
         groups = _decay_groups("head", head, opt_cfg.lr, opt_cfg.weight_decay)
         if strategy != "linear-probe":
             groups += _decay_groups("backbone", backbone, backbone_lr, opt_cfg.weight_decay)
@@ -281,6 +294,17 @@ class ChestXrayClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cxrlab"] = self.checkpoint_info()
+
+
+def make_ema(model: nn.Module, decay: float) -> nn.Module:
+    """timm's weight EMA of `model`: the decay warms up from 0 (1 - (1 + step)^-2/3) to at
+    most `decay`, so a short run's average is not held back by the starting weights."""
+    from timm.utils import ModelEmaV3
+
+    ema = ModelEmaV3(model, decay=decay, use_warmup=True)
+    # timm leaves the copy in eval mode; Lightning switches modes itself (and warns about
+    # modules in eval mode at the start of training). It is never run in training.
+    return ema.train(model.training)
 
 
 def _decay_groups(name: str, params: list[nn.Parameter], lr: float, weight_decay: float):

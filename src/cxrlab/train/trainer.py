@@ -86,8 +86,10 @@ def resolve_precision(precision: str, on_cuda: bool) -> str:
     return "32-true" if precision == "32" else precision
 
 
-def checkpoints(model_dir: Path) -> list[ModelCheckpoint]:
-    """best.ckpt (highest val macro AUROC) and last.ckpt (every epoch), in that order.
+def checkpoints(model_dir: Path, select: str = "best") -> list[ModelCheckpoint]:
+    """best.ckpt and last.ckpt (every epoch), in that order. best.ckpt holds the epoch with
+    the highest val macro AUROC (`select="best"`) or, like last.ckpt, the latest epoch
+    (`select="last"`: the weights evaluation uses are then the final ones).
 
     Not `save_last=True`: since Lightning 2.6 that writes last.ckpt only in epochs that also
     save a top-k checkpoint, i.e. when the metric improved, so a resumed run would repeat
@@ -96,7 +98,10 @@ def checkpoints(model_dir: Path) -> list[ModelCheckpoint]:
     and metrics.csv row.
     """
     common = {"dirpath": model_dir, "save_top_k": 1, "enable_version_counter": False}
-    best = ModelCheckpoint(filename=Path(BEST_CKPT).stem, monitor=MONITOR, mode="max", **common)
+    # "step" is among ModelCheckpoint's own monitor candidates: the latest epoch wins (and the
+    # two callbacks' state keys differ, which Lightning requires).
+    monitor = {"monitor": MONITOR if select == "best" else "step", "mode": "max"}
+    best = ModelCheckpoint(filename=Path(BEST_CKPT).stem, **monitor, **common)
     last = ModelCheckpoint(filename=Path(LAST_CKPT).stem, monitor=None, **common)
     return [best, last]
 
@@ -128,10 +133,14 @@ def make_trainer(
     extra: Sequence[Callback],
     progress_bar: bool,
 ) -> L.Trainer:
-    stopper = EarlyStopping(
-        monitor=MONITOR, mode="max", patience=config.train.patience, check_finite=False
-    )
-    callbacks: list[Callback] = [metrics_cb, stopper, *checkpoints(model_dir), *extra]
+    train = config.train
+    stoppers: list[Callback] = []
+    if train.select == "best":  # select=last trains every epoch
+        stoppers.append(
+            EarlyStopping(monitor=MONITOR, mode="max", patience=train.patience, check_finite=False)
+        )
+    saving = checkpoints(model_dir, train.select)
+    callbacks: list[Callback] = [metrics_cb, *stoppers, *saving, *extra]
     if progress_bar:
         callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(20))
     kwargs = {k: v for k, v in settings.items() if k not in ("world_size", "on_cuda")}
