@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrlab.config import DataConfig, ExperimentConfig, build
+from cxrlab.config import DataConfig, ExperimentConfig, build, deep_merge
 from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.evaluate.bootstrap import bootstrap_auroc, paired_bootstrap
 from cxrlab.labels import PATIENT_ID
@@ -77,16 +77,6 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
         },
         "last",
     ),
-    # the plain fine-tune, validated and kept through a weight EMA (final EMA weights)
-    "plain_ema": (
-        {
-            "model": LITE0,
-            "optim": {"lr": 3e-4, "backbone_lr_mult": 1.0},
-            "schedule": {"name": "cosine", "warmup_epochs": 0},
-            "train": {"epochs": 8, "patience": NO_EARLY_STOP, "select": "last", "ema": True},
-        },
-        "best",
-    ),
     # cxrlab's own linear-probe strategy (frozen backbone, a linear head trained by SGD)
     "probe_head": (
         {
@@ -105,6 +95,9 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "simple_cnn": ({"model": {"name": "simple_cnn"}}, "best"),
 }
 
+
+# the plain fine-tune, validated and kept through a weight EMA (its final EMA weights)
+RECIPES["plain_ema"] = (deep_merge(RECIPES["plain"][0], {"train": {"ema": True}}), "best")
 
 #: The issue's probe reference: logistic regression on frozen ImageNet Lite0 features
 #: (global-pooled), C chosen on the fold's val part. Not a cxrlab training run.
@@ -161,8 +154,6 @@ def fold_run(base: RunData, fold: np.ndarray, f: int, val_share: float, work: Pa
 
 # ---- training and scoring -------------------------------------------------------------------
 def recipe_config(name: str, epochs: int | None) -> ExperimentConfig:
-    from cxrlab.config import deep_merge
-
     overrides = RECIPES[name][0]
     if epochs is not None:
         overrides = deep_merge(overrides, {"train": {"epochs": epochs}})

@@ -60,9 +60,13 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def to_model_input(batch_u8: np.ndarray, mean: Sequence[float], std: Sequence[float]):
-    """(B, S, S) uint8 → (B, 1, S, S) float32 normalised tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(batch_u8)).unsqueeze(1).float().div_(255.0)
+def to_model_input(batch, mean: Sequence[float], std: Sequence[float], *, scaled: bool = False):
+    """(B, S, S) uint8 → (B, 1, S, S) float32 normalised tensor; `scaled`: `batch` is already
+    a (B, 1, S, S) float tensor in [0, 1]."""
+    if scaled:
+        x = batch
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).unsqueeze(1).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s
@@ -94,15 +98,13 @@ def view(x01: torch.Tensor, zoom: float, shift_x: float, shift_y: float) -> torc
 
 
 def _probabilities(model, batch_u8: np.ndarray, mean, std, device, views) -> np.ndarray:
+    """Mean sigmoid probabilities over `views` of one uint8 batch (one view: the image)."""
     x01 = torch.from_numpy(np.ascontiguousarray(batch_u8)).unsqueeze(1).float().div_(255.0)
-    x01 = x01.to(device, non_blocking=True)
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     total = None
     for v in views:
+        x = to_model_input(view(x01, *v), mean, std, scaled=True).to(device, non_blocking=True)
         with autocast(device):
-            logits = model((view(x01, *v) - m) / s)  # (B, K)
-        p = torch.sigmoid(logits.float())
+            p = torch.sigmoid(model(x).float())  # (B, K)
         total = p if total is None else total + p
     return (total / len(views)).cpu().numpy()
 
