@@ -61,7 +61,8 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "previous": (
         {
             "model": LITE0,
-            "optim": {"backbone_lr_mult": 1.0},
+            "optim": {"lr": 1e-3, "backbone_lr_mult": 1.0},
+            "schedule": {"warmup_epochs": 1.0},
             "train": {"epochs": 30, "select": "best", "ema": False},
         },
         "best",
@@ -98,6 +99,32 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
 
 # the plain fine-tune, validated and kept through a weight EMA (its final EMA weights)
 RECIPES["plain_ema"] = (deep_merge(RECIPES["plain"][0], {"train": {"ema": True}}), "best")
+
+#: One change each to the plain fine-tune (the grid of issue 12's recipe work).
+NO_AUG = {"rotation_deg": 0, "scale_min": 1, "scale_max": 1, "translate": 0,
+          "brightness": 0, "contrast": 0}  # fmt: skip
+STRONG_AUG = {"rotation_deg": 15, "scale_min": 0.8, "scale_max": 1.2, "translate": 0.1,
+              "brightness": 0.2, "contrast": 0.2}  # fmt: skip
+PLAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "plain_s1": {"train": {"seed": 1}},  # seeds: the noise of one recipe, and an ensemble
+    "plain_s2": {"train": {"seed": 2}},
+    "plain_s3": {"train": {"seed": 3}},
+    "plain_s4": {"train": {"seed": 4}},
+    "lr1e-4": {"optim": {"lr": 1e-4}},
+    "lr1e-3": {"optim": {"lr": 1e-3}},
+    "ep4": {"train": {"epochs": 4}},
+    "ep16": {"train": {"epochs": 16}},
+    "ld0.8": {"optim": {"lr": 1e-3, "layer_decay": 0.8}},  # timm layer-wise LR decay
+    "ld0.65": {"optim": {"lr": 1e-3, "layer_decay": 0.65}},
+    "noaug": {"augment": NO_AUG},
+    "strongaug": {"augment": STRONG_AUG},
+    "bs16": {"train": {"batch_size": 16}},
+    "drop0.5": {"model": {"drop_rate": 0.5}},
+    "posw": {"train": {"pos_weight": True}},
+    "wd0.05": {"optim": {"weight_decay": 0.05}},
+}
+for _name, _change in PLAIN_VARIANTS.items():
+    RECIPES[_name] = (deep_merge(RECIPES["plain"][0], _change), "last")
 
 #: The issue's probe reference: logistic regression on frozen ImageNet Lite0 features
 #: (global-pooled), C chosen on the fold's val part. Not a cxrlab training run.
@@ -153,21 +180,22 @@ def fold_run(base: RunData, fold: np.ndarray, f: int, val_share: float, work: Pa
 
 
 # ---- training and scoring -------------------------------------------------------------------
-def recipe_config(name: str, epochs: int | None) -> ExperimentConfig:
+def recipe_config(name: str, epochs: int | None, precision: str | None = None):
     overrides = RECIPES[name][0]
     if epochs is not None:
         overrides = deep_merge(overrides, {"train": {"epochs": epochs}})
+    if precision is not None:  # how to run, not what: e.g. "32" on a GPU to match the CPU
+        overrides = deep_merge(overrides, {"train": {"precision": precision}})
     return build(ExperimentConfig, overrides, source=f"recipe {name}")
 
 
-def run_fold(run_dir: Path, recipe: str, epochs: int | None) -> dict:
+def run_fold(run_dir: Path, recipe: str, args) -> dict:
     """Train `recipe` on one fold; facts about the run."""
     from cxrlab.train.engine import train_model
 
     start = time.perf_counter()
-    result = train_model(
-        run_dir, recipe_config(recipe, epochs), name=recipe, overwrite=True, progress_bar=False
-    )
+    config = recipe_config(recipe, args.epochs, args.precision)
+    result = train_model(run_dir, config, name=recipe, overwrite=True, progress_bar=False)
     return {
         "train_s": time.perf_counter() - start,
         "epochs_run": result.epochs_run,
@@ -175,7 +203,7 @@ def run_fold(run_dir: Path, recipe: str, epochs: int | None) -> dict:
     }
 
 
-def fold_probs(run_dir: Path, recipe: str, tta: bool) -> np.ndarray:
+def fold_probs(run_dir: Path, recipe: str, tta: bool, device: str = "cpu") -> np.ndarray:
     """Test-row probabilities (n, K) of the fold's trained `recipe` (with TTA or not)."""
     from cxrlab.models.checkpoint import check_compatible, load_model_from_checkpoint
     from cxrlab.models.inference import predict_images
@@ -185,6 +213,7 @@ def fold_probs(run_dir: Path, recipe: str, tta: bool) -> np.ndarray:
     ckpt = folder.best_ckpt if RECIPES[recipe][1] == "best" else folder.last_ckpt
     model, info = load_model_from_checkpoint(ckpt)
     check_compatible(info, data, ckpt)
+    model = model.to(device)
     rows = data.rows("test")
     return predict_images(
         model, data.images, rows, info["mean"], info["std"], batch_size=64, tta=tta
@@ -250,11 +279,12 @@ def cross_validate(base: RunData, fold: np.ndarray, recipe: str, args) -> dict[s
             stored = {"probs": probs, "facts": json.dumps({"recipe": "logistic probe"})}
         else:
             run_dir = fold_run(base, fold, f, args.val, args.work)
-            facts = run_fold(run_dir, recipe, args.epochs)
-            stored = {"probs": fold_probs(run_dir, recipe, tta=False), "facts": json.dumps(facts)}
+            facts = run_fold(run_dir, recipe, args)
+            probs = fold_probs(run_dir, recipe, tta=False, device=args.device)
+            stored = {"probs": probs, "facts": json.dumps(facts)}
             print(f"  {recipe} fold {f}: {facts}", flush=True)
         if args.tta and recipe != PROBE and "probs_tta" not in stored:
-            stored["probs_tta"] = fold_probs(run_dir, recipe, tta=True)
+            stored["probs_tta"] = fold_probs(run_dir, recipe, tta=True, device=args.device)
         saved.parent.mkdir(parents=True, exist_ok=True)
         np.savez(saved, **stored)
         out[recipe][fold == f] = stored["probs"]
@@ -292,9 +322,16 @@ def summarize(base: RunData, fold: np.ndarray, probs: np.ndarray, n_boot: int) -
     }
 
 
-def pairs(base: RunData, oof: dict[str, np.ndarray], n_boot: int) -> dict[str, dict]:
+def pairs(
+    base: RunData, oof: dict[str, np.ndarray], n_boot: int, against: str | None = None
+) -> dict[str, dict]:
+    """Paired differences of every two results, or of each against `against` only."""
     out = {}
-    for a, b in itertools.combinations(oof, 2):
+    if against is None:
+        todo = list(itertools.combinations(oof, 2))
+    else:
+        todo = [(a, against) for a in oof if a != against]
+    for a, b in todo:
         paired = paired_bootstrap(
             base.labels, oof[a], oof[b], base.patient_ids, n_boot=n_boot, targets=base.targets
         )
@@ -358,6 +395,25 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="where test folds are predicted")
+    parser.add_argument("--precision", default=None, help="train.precision for every recipe")
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="NAME=A+B",
+        help="also score the mean probabilities of recipes A, B, ... (repeatable)",
+    )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="also score saved folds (FOLDER/fold<f>.npz) of another work folder with the "
+        "same images and folds, e.g. another --image-size (repeatable)",
+    )
+    parser.add_argument("--against", default=None,
+                        help="paired differences against this result only (default: all pairs)")
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = sorted(set(recipes) - set(RECIPES) - {PROBE})
@@ -368,17 +424,39 @@ def main() -> None:
     print(f"{len(base.ids)} images in {args.folds} folds: {np.bincount(fold).tolist()}; "
           f"{platform.node()}, {os.cpu_count()} CPUs", flush=True)  # fmt: skip
     oof = {k: v for r in recipes for k, v in cross_validate(base, fold, r, args).items()}
+    oof.update(saved_folds(spec, fold, args) for spec in args.extra)
+    oof.update(ensemble(spec, oof) for spec in args.ensemble)
     scored = fold < (args.score_folds or args.folds)  # all images, or the first folds' only
     oof = {name: probs[scored] for name, probs in oof.items()}
     base, fold = scored_part(base, scored), fold[scored]
     results = {r: summarize(base, fold, p, args.bootstrap) for r, p in oof.items()}
-    deltas = pairs(base, oof, args.bootstrap)
+    deltas = pairs(base, oof, args.bootstrap, args.against)
     text = markdown(base, results, deltas, args)
     print(text)
     write_json(args.work / "bench_cv.json", {"results": results, "pairs": deltas,
                                              "args": vars(args)})  # fmt: skip
     if args.markdown:
         args.markdown.write_text(text + "\n")
+
+
+def saved_folds(spec: str, fold: np.ndarray, args) -> tuple[str, np.ndarray]:
+    """(NAME, out-of-fold probabilities) read from FOLDER/fold<f>.npz of `NAME=FOLDER`."""
+    name, _, folder = spec.partition("=")
+    parts = [np.load(Path(folder) / f"fold{f}.npz")["probs"]
+             for f in range(args.score_folds or args.folds)]  # fmt: skip
+    probs = np.full((len(fold), parts[0].shape[1]), np.nan)
+    for f, part in enumerate(parts):
+        probs[fold == f] = part
+    return name, probs
+
+
+def ensemble(spec: str, oof: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
+    """(NAME, mean probabilities of the recipes) for `NAME=A+B+...`."""
+    name, _, members = spec.partition("=")
+    missing = [m for m in members.split("+") if m not in oof]
+    if missing:
+        raise SystemExit(f"--ensemble {spec}: no results for {missing}; have {sorted(oof)}")
+    return name, np.mean([oof[m] for m in members.split("+")], axis=0)
 
 
 def prepare_base(args) -> RunData:

@@ -62,3 +62,22 @@ def test_a_partial_run_scores_only_the_first_folds(tmp_path: Path):
     part = bench.scored_part(base, rows)
     assert part.labels.shape == (25, len(base.targets)) and len(part.patient_ids) == 25
     assert list(part.ids) == list(np.asarray(base.ids)[:25])
+
+
+def test_ensembles_average_members_and_saved_folds_land_on_their_rows(tmp_path: Path):
+    bench = _bench()
+    oof = {"a": np.array([[0.2, 0.4], [0.6, 0.0]]), "b": np.array([[0.4, 0.0], [0.2, 1.0]])}
+    name, mean = bench.ensemble("ab=a+b", oof)
+    assert name == "ab" and np.allclose(mean, [[0.3, 0.2], [0.4, 0.5]])
+    try:
+        bench.ensemble("ac=a+c", oof)
+    except SystemExit as exc:
+        assert "['c']" in str(exc)
+    else:
+        raise AssertionError("an unknown member must be refused")
+    fold = np.array([1, 0, 1, 0, 0])
+    for f, probs in ((0, [[0.1], [0.2], [0.3]]), (1, [[0.8], [0.9]])):
+        np.savez(tmp_path / f"fold{f}.npz", probs=np.array(probs))
+    args = type("Args", (), {"score_folds": None, "folds": 2})
+    name, probs = bench.saved_folds(f"other={tmp_path}", fold, args)
+    assert name == "other" and probs[:, 0].tolist() == [0.8, 0.1, 0.9, 0.2, 0.3]

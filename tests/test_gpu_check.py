@@ -43,3 +43,17 @@ def test_the_gpu_check_flow_runs_on_the_cpu_at_toy_size(tmp_path: Path):
         assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
         assert {"evaluate_s", "analyze_s", "explain_s"} <= set(row)
     assert 0 < figures["data_path"]["ratio"] < 10
+
+
+def test_the_gpu_recipe_grid_names_only_known_recipes():
+    """bench/gpu_cv.sh is run once on a lent GPU: a misspelt recipe would waste the lease."""
+    import re
+
+    from helpers_bench import load_bench
+
+    script = (REPO / "bench" / "gpu_cv.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_cv.sh")]).returncode == 0
+    block = script[script.index("groups=(") : script.index(")", script.index("groups=("))]
+    named = {r for group in re.findall(r'"([^"]+)"', block) for r in group.split(",")}
+    assert len(named) >= 10
+    assert named <= set(load_bench("bench_cv").RECIPES)

@@ -15,7 +15,7 @@ from cxrlab.models.checkpoint import EMA_PREFIX, MODEL_PREFIX, load_model_from_c
 from cxrlab.models.factory import create_model
 from cxrlab.models.inference import TTA_VIEWS, predict_images, view
 from cxrlab.train.engine import train_model
-from cxrlab.train.module import split_head
+from cxrlab.train.module import layer_decay_groups, split_head
 from helpers_run import make_tiny_run
 
 NET = {"name": "simple_cnn", "kwargs": {"base_width": 8, "depth": 3}}
@@ -108,6 +108,29 @@ def test_parameter_groups_carry_the_intended_learning_rates(
     head, _ = split_head(net)
     n_head = sum(len(groups[g]["params"]) for g in ("head", "head_no_decay"))
     assert n_head == len(head)
+
+
+def test_layer_decay_gives_each_depth_its_own_learning_rate(run):
+    net = create_model("simple_cnn", 2, in_chans=1, **NET["kwargs"])
+    groups = layer_decay_groups(net, lr=1e-3, weight_decay=1e-4, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(lr_of) == len(list(net.parameters()))  # every parameter, once
+    depth = len({g["lr"] for g in groups})
+    assert depth >= 3  # stem, blocks, head at least
+    expected = [1e-3 * 0.5**i for i in reversed(range(depth))]
+    assert sorted({g["lr"] for g in groups}) == pytest.approx(expected)
+    head, _ = split_head(net)
+    assert [lr_of[id(p)] for p in head] == pytest.approx([1e-3] * len(head))  # head keeps lr
+    stem = next(iter(net.parameters()))
+    assert lr_of[id(stem)] == pytest.approx(expected[0])  # the stem gets the least
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["params"][0].ndim == 1)
+    # through training: the optimiser holds those LRs, and metrics.csv logs the head's
+    config = _config(optim={"lr": 1e-3, "layer_decay": 0.5}, train={**TINY["train"], "epochs": 1})
+    result = _fit(run, config=config)
+    saved = sorted({g["initial_lr"] for g in _groups(result).values()})
+    assert saved == pytest.approx(expected)
+    floor = build(ExperimentConfig, config).schedule.min_lr_ratio  # one epoch: cosine at its end
+    assert _metrics(result)["lr"].iloc[0] == pytest.approx(1e-3 * floor)  # the head's, not 1e-3/4
 
 
 # ---- weight EMA --------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ def _lrs(optim: dict, train: dict) -> str:
     backbone = (
         "none" if train.get("strategy") == "linear-probe" else show(lr * mult if lr else None)
     )
+    if optim.get("layer_decay") is not None and backbone != "none":
+        backbone = f"x {show(optim['layer_decay'])} per layer below the head"
     return f"{show(optim.get('name'))}, {show(lr)} ({backbone})"
 
 

@@ -244,10 +244,14 @@ class ChestXrayClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         opt_cfg, strategy = self.config.optim, self.config.train.strategy
         head, backbone = split_head(self.model)
-        backbone_lr = opt_cfg.lr * opt_cfg.backbone_lr_mult
-        groups = _decay_groups("head", head, opt_cfg.lr, opt_cfg.weight_decay)
-        if strategy != "linear-probe":
-            groups += _decay_groups("backbone", backbone, backbone_lr, opt_cfg.weight_decay)
+        if opt_cfg.layer_decay is not None and strategy != "linear-probe":
+            groups = layer_decay_groups(self.model, opt_cfg.lr, opt_cfg.weight_decay,
+                                        opt_cfg.layer_decay)  # fmt: skip
+        else:
+            backbone_lr = opt_cfg.lr * opt_cfg.backbone_lr_mult
+            groups = _decay_groups("head", head, opt_cfg.lr, opt_cfg.weight_decay)
+            if strategy != "linear-probe":
+                groups += _decay_groups("backbone", backbone, backbone_lr, opt_cfg.weight_decay)
         optimizer_cls = torch.optim.AdamW if opt_cfg.name == "adamw" else torch.optim.Adam
         optimizer = optimizer_cls(groups, lr=opt_cfg.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -305,6 +309,20 @@ def make_ema(model: nn.Module, decay: float) -> nn.Module:
     # timm leaves the copy in eval mode; Lightning switches modes itself (and warns about
     # modules in eval mode at the start of training). It is never run in training.
     return ema.train(model.training)
+
+
+def layer_decay_groups(
+    model: nn.Module, lr: float, weight_decay: float, layer_decay: float
+) -> list[dict[str, Any]]:
+    """timm's layer-wise groups (by the model's `group_matcher`; the classifier is the top
+    layer), each with its own lr = `lr` * its scale. Torch optimisers ignore timm's
+    `lr_scale` key, so the scale is applied here; schedulers then scale every group alike."""
+    from timm.optim import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+    groups.sort(key=lambda g: -g["lr_scale"])  # the head's first: metrics.csv logs group 0
+    return [{**g, "name": f"layer_decay_{i}", "lr": lr * g["lr_scale"]}
+            for i, g in enumerate(groups)]  # fmt: skip
 
 
 def _decay_groups(name: str, params: list[nn.Parameter], lr: float, weight_decay: float):
