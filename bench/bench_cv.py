@@ -121,6 +121,7 @@ PLAIN_VARIANTS: dict[str, dict[str, Any]] = {
     "bs16": {"train": {"batch_size": 16}},
     "drop0.5": {"model": {"drop_rate": 0.5}},
     "posw": {"train": {"pos_weight": True}},
+    "posw_s1": {"train": {"pos_weight": True, "seed": 1}},
     "wd0.05": {"optim": {"weight_decay": 0.05}},
 }
 for _name, _change in PLAIN_VARIANTS.items():

@@ -231,3 +231,39 @@ def test_damaged_checkpoint_is_trained_again_not_skipped(copy: Path):
     result = _run(_study(), copy)
     assert result.ran()[0] == "train:a" and "train:b" in result.skipped()
     check_readable(last)  # whole again
+
+
+def test_a_killed_training_stage_resumes_from_its_last_epoch(copy: Path, monkeypatch):
+    """`cxrlab run` again after a kill continues the model's training where it stopped (the
+    same config and split), instead of training it again from scratch."""
+    import lightning as L
+
+    from cxrlab.train import engine
+
+    class Killed(Exception):
+        pass
+
+    class KillAtEpoch1(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1:
+                raise Killed
+
+    real = engine.train_model
+
+    def killed(*args, **kwargs):
+        return real(*args, **{**kwargs, "callbacks": [KillAtEpoch1()]})
+
+    two_epochs = _study(defaults={"train": {"epochs": 2, "batch_size": 16}})
+    monkeypatch.setattr(engine, "train_model", killed)
+    with pytest.raises(StageError, match="train:a"):
+        _run(two_epochs, copy)
+    assert _ledger(copy)["train:a"]["status"] == "failed"
+    metrics = copy / "models" / "a" / "metrics.csv"
+    first = metrics.read_text().splitlines()
+    assert len(first) == 2  # header + epoch 0
+    monkeypatch.undo()
+    result = _run(two_epochs, copy)
+    assert "train:a" in result.ran()
+    lines = metrics.read_text().splitlines()
+    assert lines[:2] == first and len(lines) == 3  # epoch 0 kept as it was, epoch 1 added
+    assert _ledger(copy)["train:a"]["status"] == "done"

@@ -7,7 +7,8 @@ split hash, a checkpoint's hash, the keys of the stages before it). A stage whos
 outputs are unchanged since its last success is skipped; any other runs. `stages.json` in the
 run directory records every stage's key, status and time. A failing stage raises
 `StageError` naming it; what earlier stages wrote stays intact. A stage is marked `running`
-before it starts, so one that was killed (Ctrl-C, OOM) is never mistaken for a finished one.
+before it starts, so one that was killed (Ctrl-C, OOM) is never mistaken for a finished one;
+a training stage killed or failed with unchanged inputs resumes from its last saved epoch.
 The report stage also gathers the comparison figures and each model's training curve into
 `RUN_DIR/figures/`.
 """
@@ -207,13 +208,30 @@ class Study:
         experiment = experiment_of(entry)
         key = sha256_json([experiment.model_dump(mode="json"), split_hash])
         folder = self.paths.model(entry.name)
+        stage = f"train:{entry.name}"
+        # Killed or failed mid-way with these very inputs (the key holds the config and the
+        # split): continue from its last finished epoch instead of starting over.
+        previous = self.ledger.entries.get(stage, {})
+        resume = (
+            previous.get("key") == key
+            and previous.get("status") in ("running", "failed")
+            and is_readable(folder.last_ckpt)
+        )
+
+        def work() -> None:
+            if resume:
+                log.info("resuming %s from %s", stage, folder.last_ckpt)
+                train_model(self.run_dir, experiment, entry.name, resume=True,
+                            progress_bar=self.progress)  # fmt: skip
+            else:
+                train_model(self.run_dir, experiment, entry.name, overwrite=True,
+                            progress_bar=self.progress)  # fmt: skip
+
         self._step(
-            f"train:{entry.name}",
+            stage,
             key,
             [folder.best_ckpt],
-            lambda: train_model(
-                self.run_dir, experiment, entry.name, overwrite=True, progress_bar=self.progress
-            ),
+            work,
             # a checkpoint damaged since (full disk, kill while copied) trains again
             valid=lambda: is_readable(folder.best_ckpt) and is_readable(folder.last_ckpt),
         )
