@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from cxrlab.cli import app, main
 from cxrlab.config import DownloadConfig
+from cxrlab.data.manifest import read_manifest
 from cxrlab.download import transfer, workflow
 from cxrlab.download.archive import BadArchive
-from cxrlab.download.manifest import read_manifest
 from cxrlab.download.progress import TqdmProgress
 from cxrlab.download.workflow import download_nih
 from cxrlab.errors import ConfigError, DataError

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cxrlab.data.manifest import format_parts
 from cxrlab.data.metadata import read_data_entry
 from cxrlab.download.sources import (
-    format_parts,
     load_source,
     parse_parts,
     parts_for_images,

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from cxrlab.data.imaging import SUPPORTED_SUFFIXES
-from cxrlab.download.manifest import missing_hint
+from cxrlab.data.manifest import missing_hint
 from cxrlab.errors import DataError
 from cxrlab.labels import IMAGE_INDEX
 

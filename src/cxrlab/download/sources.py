@@ -141,14 +141,3 @@ def plan_archives(source: Source, parts: str | None, n_images: int | None) -> li
     else:
         numbers = list(range(1, len(source.archives) + 1))
     return [source.archives[k - 1] for k in numbers]
-
-
-def format_parts(numbers: Sequence[int]) -> str:
-    """[1, 2, 3, 5] -> '1-3,5' (what --parts reads back)."""
-    out: list[str] = []
-    for k in sorted(numbers):
-        if out and int(out[-1].split("-")[-1]) == k - 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{k}"
-        else:
-            out.append(str(k))
-    return ",".join(out)

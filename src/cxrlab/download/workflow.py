@@ -2,7 +2,7 @@
 
     DIR/Data_Entry_2017_v2020.csv, BBox_List_2017.csv, train_val_list.txt, test_list.txt
     DIR/images/<Image Index>.png          (the NIH layout, see cxrlab.data.discovery)
-    DIR/cxrlab-download.json              (cxrlab.download.manifest)
+    DIR/cxrlab-download.json              (cxrlab.data.manifest)
 
 Order of work: fail fast on links that are unknown, fetch the metadata, read Data_Entry
 (the names every archive is checked against), check free disk space, then per archive:
@@ -24,6 +24,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from cxrlab.config import DownloadConfig
+from cxrlab.data.manifest import MANIFEST_NAME, format_parts, read_manifest, write_manifest
 from cxrlab.data.metadata import (
     BBOX_PATTERNS,
     DATA_ENTRY_PATTERNS,
@@ -31,13 +32,11 @@ from cxrlab.data.metadata import (
     read_data_entry,
 )
 from cxrlab.download.archive import BadArchive, extract_archive
-from cxrlab.download.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from cxrlab.download.progress import TqdmProgress
 from cxrlab.download.sources import (
     Archive,
     RemoteFile,
     Source,
-    format_parts,
     load_source,
     plan_archives,
     url_of,

@@ -7,7 +7,8 @@ size and SHA-256; for an archive not yet fetched, the first and last Image Index
 expected to hold (when the sources file gives every archive's image count). `prepare` uses
 it, through `missing_hint`, to say which archives hold the images it did not find.
 
-This module and `sources` use no network and no data layer, so `cxrlab.data` can import it.
+It belongs to the data layer (prepare reads it; `cxrlab.download`, above, writes it), so it
+imports nothing from `cxrlab.download`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxrlab.download.sources import format_parts
 from cxrlab.runinfo import read_json, write_json
 
 MANIFEST_NAME = "cxrlab-download.json"
@@ -89,3 +89,13 @@ def _in_extracted(archives: dict[str, Any], missing: Sequence[str]) -> bool:
     wanted = set(missing)
     return any(wanted.intersection(a.get("names", ())) for a in archives.values())
 
+
+def format_parts(numbers: Sequence[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3,5' (what --parts reads back)."""
+    out: list[str] = []
+    for k in sorted(numbers):
+        if out and int(out[-1].split("-")[-1]) == k - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{k}"
+        else:
+            out.append(str(k))
+    return ",".join(out)
