@@ -33,6 +33,7 @@ test-fast: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 # After editing notebooks/walkthrough.py: rewrite the paired .ipynb (stored without outputs).
 notebook: $(VENV)/.installed-test

@@ -413,8 +413,11 @@ def main() -> None:
         help="also score saved folds (FOLDER/fold<f>.npz) of another work folder with the "
         "same images and folds, e.g. another --image-size (repeatable)",
     )
-    parser.add_argument("--against", default=None,
-                        help="paired differences against this result only (default: all pairs)")
+    parser.add_argument(
+        "--against",
+        default=None,
+        help="paired differences against this result only (default: all pairs)",
+    )
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = sorted(set(recipes) - set(RECIPES) - {PROBE})

@@ -69,9 +69,14 @@ def train_one(data: RunData, name: str, pretrained: bool, args) -> dict:
     precision = "32" if args.device == "cpu" else args.precision
     config = {
         "model": {"name": name, "pretrained": pretrained},
-        "train": {"epochs": 1, "batch_size": args.batch_size, "precision": precision,
-                  "accelerator": "cpu" if args.device == "cpu" else "gpu", "devices": 1,
-                  "num_workers": args.workers},  # fmt: skip
+        "train": {
+            "epochs": 1,
+            "batch_size": args.batch_size,
+            "precision": precision,
+            "accelerator": "cpu" if args.device == "cpu" else "gpu",
+            "devices": 1,
+            "num_workers": args.workers,
+        },  # fmt: skip
     }
     start = time.perf_counter()
     train_model(data.run_dir, config, name=name, overwrite=True, progress_bar=False)

@@ -67,8 +67,7 @@ def run(mirror, sources, to, **kw):
     return download_nih(options(mirror, sources, **kw), to, progress=False, sleep=lambda s: None)
 
 
-def test_full_download_extracts_checks_and_records_every_image(mirror, sources, tmp_path,
-                                                               nih_like):
+def test_full_download_extracts_checks_and_records_every_image(mirror, sources, tmp_path, nih_like):
     root, names, chunks = nih_like
     result = run(mirror, sources, tmp_path / "nih")
     out = tmp_path / "nih"
@@ -156,8 +155,7 @@ def test_dropped_connection_is_retried_from_where_it_stopped(mirror, sources, tm
     assert result.complete and result.refetched == []
 
 
-def test_server_without_range_restarts_the_file_with_a_warning(mirror, sources, tmp_path,
-                                                               caplog):
+def test_server_without_range_restarts_the_file_with_a_warning(mirror, sources, tmp_path, caplog):
     name = archive_name(3)
     mirror.drop[name] = (1, 500)
     mirror.ranges = False
@@ -175,11 +173,21 @@ def test_corrupted_archive_is_fetched_again_alone(mirror, sources, tmp_path):
     assert [len(mirror.gets(archive_name(k))) for k in (1, 2, 3)] == [1, 2, 1]
 
 
-def test_archive_still_bad_after_refetch_is_one_line_cli_error(mirror, sources, tmp_path,
-                                                                capsys):
+def test_archive_still_bad_after_refetch_is_one_line_cli_error(mirror, sources, tmp_path, capsys):
     mirror.corrupt[archive_name(2)] = 2
-    args = ["download", "nih", "--to", str(tmp_path / "nih"), "--base-url", mirror.url,
-            "--sources", str(sources), "--no-progress", "--timeout", "5"]
+    args = [
+        "download",
+        "nih",
+        "--to",
+        str(tmp_path / "nih"),
+        "--base-url",
+        mirror.url,
+        "--sources",
+        str(sources),
+        "--no-progress",
+        "--timeout",
+        "5",
+    ]
     code, _, err = _main(args, capsys)
     assert code == 1
     lines = err.strip().splitlines()
@@ -221,18 +229,20 @@ def test_parts_and_images_together_are_refused(mirror, sources, tmp_path):
     assert mirror.log == []
 
 
-def test_not_enough_disk_space_is_refused_before_any_archive(mirror, sources, tmp_path,
-                                                             monkeypatch):
-    monkeypatch.setattr(workflow.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(
-        10**12, 10**12 - 1000, 1000))
+def test_not_enough_disk_space_is_refused_before_any_archive(
+    mirror, sources, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        workflow.shutil,
+        "disk_usage",
+        lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000),
+    )
     with pytest.raises(DataError, match=r"not enough free disk space .*~2x an archive"):
         run(mirror, sources, tmp_path / "nih")
     assert [r.name for r in mirror.gets()] == list(METADATA)  # no archive fetched
 
 
-def test_metadata_put_in_by_hand_is_used_and_only_archives_are_fetched(
-    mirror, tmp_path, nih_like
-):
+def test_metadata_put_in_by_hand_is_used_and_only_archives_are_fetched(mirror, tmp_path, nih_like):
     root, names, chunks = nih_like
     out = tmp_path / "nih"
     out.mkdir()
@@ -260,15 +270,31 @@ def test_prepare_draws_from_a_partial_download_and_says_what_is_missing(
 ):
     out = tmp_path / "nih"
     run(mirror, sources, out, parts="1-2")
-    code, _, err = _main(["prepare", "--data-root", str(out), "--out", str(tmp_path / "run"),
-                          "--image-size", "32"], capsys)
+    code, _, err = _main(
+        ["prepare", "--data-root", str(out), "--out", str(tmp_path / "run"), "--image-size", "32"],
+        capsys,
+    )
     assert code == 1
     err = " ".join(err.split())
     assert f"cxrlab download nih --to {out} --parts 3" in err
     assert "2 of 3 image archives" in err and "--drop-missing" in err
     n_present = len(nih_like[2][0]) + len(nih_like[2][1])
-    done = _cli(["prepare", "--data-root", str(out), "--out", str(tmp_path / "run"),
-                 "--image-size", "32", "--drop-missing", "--val", "0.2", "--test", "0.2"])
+    done = _cli(
+        [
+            "prepare",
+            "--data-root",
+            str(out),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "32",
+            "--drop-missing",
+            "--val",
+            "0.2",
+            "--test",
+            "0.2",
+        ]
+    )
     assert done.exit_code == 0, done.output
     cohort = (tmp_path / "run" / "data" / "cohort.csv").read_text().splitlines()
     assert len(cohort) - 1 == n_present

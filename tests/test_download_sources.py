@@ -63,8 +63,10 @@ def test_images_n_takes_the_fewest_leading_archives():
 
 def test_bad_sources_file_names_the_field(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("name: x\nlanding_page: y\nlicence: z\nmetadata: []\narchives:\n"
-                    "  - {name: a.tar.gz, images: 0}\n")
+    path.write_text(
+        "name: x\nlanding_page: y\nlicence: z\nmetadata: []\narchives:\n"
+        "  - {name: a.tar.gz, images: 0}\n"
+    )
     with pytest.raises(ConfigError, match=r"s\.yaml: archives\.0\.images: .*greater"):
         load_source(path)
 

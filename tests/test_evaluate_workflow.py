@@ -206,9 +206,7 @@ def test_compare_refuses_predictions_from_another_runs_split(run: Path, tmp_path
 
 # ---- analyze ----------------------------------------------------------------------------------
 def test_analyze_writes_features_with_the_split_ids(run: Path):
-    result = analyze_model(
-        run, "a", split="test", n_components=5, k_min=2, k_max=3, progress=False
-    )
+    result = analyze_model(run, "a", split="test", n_components=5, k_min=2, k_max=3, progress=False)
     out = analysis_dir(run, "a")
     cohort = _cohort(run)
     with np.load(out / "features_penultimate.npz", allow_pickle=False) as z:

@@ -88,7 +88,7 @@ def download_nih_command(
         f" {result.images} of {result.expected_images} images; manifest {result.manifest}"
     )
     console.print(
-        "Cite Wang et al., \"ChestX-ray8\", CVPR 2017, and acknowledge the NIH Clinical Center."
+        'Cite Wang et al., "ChestX-ray8", CVPR 2017, and acknowledge the NIH Clinical Center.'
     )
     # A partial download holds only some of Data_Entry's images: prepare must be told.
     partial = "" if result.complete else " --drop-missing"

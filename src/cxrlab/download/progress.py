@@ -27,7 +27,11 @@ class TqdmProgress(Progress):
         if self.file is not None:
             self.file.close()
         self.file = tqdm(
-            total=total, initial=have, desc=name, leave=False, disable=not self.enabled,
+            total=total,
+            initial=have,
+            desc=name,
+            leave=False,
+            disable=not self.enabled,
             **_BYTES,
         )
         self._overall().update(have - self._counted)  # a resumed file counts what it has

@@ -98,15 +98,12 @@ def parse_parts(spec: str, n_archives: int) -> list[int]:
     for item in spec.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", item)
         if not match:
-            raise ConfigError(
-                f"--parts {spec!r}: {item!r} is not a number or a range like 1-3"
-            )
+            raise ConfigError(f"--parts {spec!r}: {item!r} is not a number or a range like 1-3")
         lo = int(match[1])
         hi = int(match[2]) if match[2] else lo
         if not 1 <= lo <= hi <= n_archives:
             raise ConfigError(
-                f"--parts {spec!r}: {item.strip()!r} is outside 1-{n_archives}"
-                " (or runs backwards)"
+                f"--parts {spec!r}: {item.strip()!r} is outside 1-{n_archives} (or runs backwards)"
             )
         numbers.update(range(lo, hi + 1))
     return sorted(numbers)

@@ -169,7 +169,9 @@ class _Job:
         if gone:
             log.warning(
                 "%d images of %s are gone (e.g. %s); fetching it again",
-                len(gone), archive.name, gone[0],
+                len(gone),
+                archive.name,
+                gone[0],
             )
             record["extracted"] = False
         return not gone
@@ -213,8 +215,9 @@ class _Job:
             try:
                 sha = sha256_file(dest)
                 _check_known(archive, dest, sha, BadArchive)
-                names = extract_archive(dest, self.images_dir, self.known,
-                                        workers=self.options.workers)
+                names = extract_archive(
+                    dest, self.images_dir, self.known, workers=self.options.workers
+                )
             except BadArchive as exc:
                 dest.unlink()
                 if attempt == 2:
@@ -233,8 +236,12 @@ class _Job:
         record = self.archives[archive.name]
         _compare_expected(archive, record, names)
         record.update(
-            extracted=True, images=len(names), names=sorted(names),
-            bytes=dest.stat().st_size, sha256=sha, kept=self.options.keep_archives,
+            extracted=True,
+            images=len(names),
+            names=sorted(names),
+            bytes=dest.stat().st_size,
+            sha256=sha,
+            kept=self.options.keep_archives,
         )
         self.present.update(names)
         if not self.options.keep_archives:
@@ -316,7 +323,13 @@ def _compare_expected(archive: Archive, record: dict, names: list[str]) -> None:
         log.warning(
             "%s holds %d images %s..%s; the sources file's counts say %d images %s..%s"
             " (the manifest records what it holds)",
-            archive.name, len(names), min(names), max(names), record["expected"], first, last,
+            archive.name,
+            len(names),
+            min(names),
+            max(names),
+            record["expected"],
+            first,
+            last,
         )
 
 

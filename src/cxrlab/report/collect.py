@@ -240,9 +240,7 @@ def collect_metrics(run_dir: Path, names: list[str], split: str) -> dict | None:
             continue
         for key in ("metrics", "ci"):
             if key not in metrics:
-                raise DataError(
-                    f"{evaluation.metrics} lacks {key!r}; re-run `cxrlab evaluate`"
-                )
+                raise DataError(f"{evaluation.metrics} lacks {key!r}; re-run `cxrlab evaluate`")
         figures = pngs(evaluation.figures, EVAL_FIGURES)
         figures.pop("training", None)  # shown in the training section
         models[name] = {"result": metrics, "figures": figures, "dir": folder}
