@@ -20,7 +20,12 @@ patient-bootstrap difference of pooled macro AUROC (same images, same folds).
         --recipes plain,default,probe [--folds 5] [--markdown out.md]
 
 Fold results are saved as they finish (WORK/<recipe>/fold<f>.npz): a rerun skips them, so
-a killed benchmark resumes. Recipes are config overrides on cxrlab's defaults (RECIPES).
+a killed benchmark resumes. Recipes are config overrides on cxrlab's defaults (RECIPES;
+PLAIN_VARIANTS: one change each to the plain fine-tune). Scoring saved folds needs no
+training, so folds trained elsewhere (bench/gpu_cv.sh on a GPU) are scored here:
+
+    bench_cv.py --work W --recipes plain,plain_s1,posw --against plain \
+        --ensemble plain_x2=plain+plain_s1 --extra plain@256=W256/plain
 """
 
 from __future__ import annotations
