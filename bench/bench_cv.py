@@ -41,15 +41,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cxrlab.config import DataConfig, ExperimentConfig, build, deep_merge
+from cxrlab.crossval import assign_folds, fold_run  # the folds `cxrlab crossval` uses
 from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.evaluate.bootstrap import bootstrap_auroc, paired_bootstrap
-from cxrlab.labels import PATIENT_ID
 from cxrlab.rundir import RunDir
-from cxrlab.runinfo import sha256_json, write_json
+from cxrlab.runinfo import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "nih-cxr14-dev"
@@ -136,53 +135,6 @@ for _name, _change in PLAIN_VARIANTS.items():
 #: (global-pooled), C chosen on the fold's val part. Not a cxrlab training run.
 PROBE = "probe"
 PROBE_C = (1e-3, 1e-2, 1e-1, 1.0)
-
-
-# ---- folds ----------------------------------------------------------------------------------
-def patient_labels(cohort: pd.DataFrame, targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(patients (P,), labels (P, K)): a patient is positive if any of their images is."""
-    grouped = cohort.groupby(PATIENT_ID, sort=True)[targets].max()
-    return grouped.index.to_numpy(), grouped.to_numpy()
-
-
-def assign_folds(cohort: pd.DataFrame, targets: list[str], k: int, seed: int) -> np.ndarray:
-    """(N,) fold of each image, whole patients per fold, stratified on patient labels."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
-    patients, labels = patient_labels(cohort, targets)
-    fold_of = {}
-    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for f, (_, test) in enumerate(splitter.split(np.zeros(len(patients)), labels)):
-        fold_of.update(dict.fromkeys(patients[test], f))
-    return cohort[PATIENT_ID].map(fold_of).to_numpy()
-
-
-def carve_val(cohort: pd.DataFrame, targets: list[str], share: float, seed: int) -> np.ndarray:
-    """(n,) bool: the validation images, `share` of the patients, stratified."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
-
-    patients, labels = patient_labels(cohort, targets)
-    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=share, random_state=seed)
-    _, val = next(splitter.split(np.zeros(len(patients)), labels))
-    return cohort[PATIENT_ID].isin(set(patients[val])).to_numpy()
-
-
-def fold_run(base: RunData, fold: np.ndarray, f: int, val_share: float, work: Path) -> Path:
-    """A run directory for fold f: the base cohort with its split column rewritten."""
-    root = RunDir(work / f"fold{f}")
-    cohort = base.cohort.copy()
-    split = np.where(fold == f, "test", "train").astype(object)
-    rest = fold != f
-    val = carve_val(cohort[rest], base.targets, val_share, seed=f)
-    split[np.flatnonzero(rest)[val]] = "val"
-    cohort["split"] = split
-    root.data.mkdir(parents=True, exist_ok=True)
-    cohort.to_csv(root.cohort, index=False)
-    split_hash = sha256_json(list(zip(cohort.iloc[:, 0], split, strict=True)))
-    write_json(root.split_summary, {"targets": base.targets, "split_hash": split_hash, "fold": f})
-    if not root.cache.exists():
-        root.cache.symlink_to(base.cache.cache_dir.resolve(), target_is_directory=True)
-    return root.root
 
 
 # ---- training and scoring -------------------------------------------------------------------

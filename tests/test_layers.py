@@ -19,7 +19,7 @@ RANK = {
     **dict.fromkeys(
         ["train", "evaluate", "analysis", "explain", "report", "download", "predict"], 3
     ),
-    **dict.fromkeys(["pipeline", "results", "serve"], 4),
+    **dict.fromkeys(["pipeline", "crossval", "results", "serve"], 4),
     **dict.fromkeys(["api", "cli", "__init__", "__main__"], 5),
 }
 #: Within the workflow rank: the report reads artifacts from disk, never training code.

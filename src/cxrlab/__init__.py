@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from cxrlab.api import (
     analyze,
     compare,
+    crossval,
     evaluate,
     explain,
     export,
@@ -38,6 +39,7 @@ __all__ = [
     "train",
     "evaluate",
     "compare",
+    "crossval",
     "analyze",
     "list_layers",
     "explain",

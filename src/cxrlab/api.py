@@ -33,6 +33,7 @@ from cxrlab.config import (
     Accelerator,
     AnalyzeConfig,
     CamMethod,
+    CrossvalConfig,
     DataConfig,
     Device,
     EvalSplit,
@@ -66,6 +67,7 @@ __all__ = [
     "train",
     "evaluate",
     "compare",
+    "crossval",
     "analyze",
     "list_layers",
     "explain",
@@ -80,6 +82,7 @@ __all__ = [
 _SYNTH, _DATA = SyntheticConfig(), DataConfig()
 _EVAL, _ANALYZE, _EXPLAIN = EvaluateConfig(), AnalyzeConfig(), ExplainConfig()
 _PREDICT = PredictConfig()
+_CV = CrossvalConfig()
 
 
 def _d(flag: str) -> Any:
@@ -299,6 +302,39 @@ def compare(
     names = list(models) if models else None
     compare_models(root, split, names, n_boot=bootstrap, seed=seed)
     return Comparison(RunDir(root).comparison(split))
+
+
+def crossval(
+    run: Run | str | os.PathLike,
+    name: str,
+    *,
+    config: str | os.PathLike | None = None,
+    folds: int = _CV.folds,
+    val: float = _CV.val,
+    seed: int = _CV.seed,
+    bootstrap: int = _CV.bootstrap,
+    device: Device = _CV.device,
+    batch_size: int = _CV.batch_size,
+    against: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Patient-grouped k-fold cross-validation of trained model `name`'s config (or of the
+    YAML `config`): one training per fold, every image predicted once by a model that never
+    saw its patient (`cxrlab crossval`). Returns crossval.json's content: pooled out-of-fold
+    AUROC with patient-bootstrap CIs, per-fold macro AUROC; with `against`, also the paired
+    difference `name - against` on the same folds under "against"."""
+    from cxrlab.crossval import compare_crossval, config_of
+    from cxrlab.crossval import crossval as run_crossval
+
+    options = section_from(CrossvalConfig, dict(locals()), "cxrlab.crossval options")
+    root = _root(run)
+    experiment = config_of(root, name, config)
+    summary = run_crossval(root, experiment, name, options, overwrite=overwrite,
+                           progress=progress).summary  # fmt: skip
+    if against:
+        summary = {**summary, "against": {against: compare_crossval(root, name, against, options)}}
+    return summary
 
 
 def analyze(

@@ -369,6 +369,17 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(64, ge=1)  # images per forward pass
 
 
+class CrossvalConfig(_Section):
+    """`cxrlab crossval`: patient-grouped k-fold cross-validation of one training config."""
+
+    folds: int = Field(5, ge=2, le=20)  # every image is tested once, by a model not trained on it
+    val: float = Field(0.15, gt=0, lt=1)  # share of each training fold's patients for val
+    seed: int = 0  # fold assignment and val carving (not the training seed)
+    bootstrap: int = Field(2000, ge=10)  # patient resamples for the pooled CIs and pairs
+    device: Device = "auto"  # where each fold's test images are predicted
+    batch_size: int = Field(64, ge=1)
+
+
 class AnalyzeConfig(_Section):
     """`cxrlab analyze` and the study's analyze stage."""
 

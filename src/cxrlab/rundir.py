@@ -45,6 +45,8 @@ EXPLAIN_INDEX = "explain.json"  # reports/<name>/explain/
 LOCALIZATION_FILE = "localization.json"  # reports/<name>/explain/
 COMPARE = "compare"  # reports/compare/<split>: the model comparison, not a model
 EXPLAIN = "explain"  # reports/<name>/explain: Grad-CAM, not a split
+CROSSVAL_FILE = "crossval.json"  # crossval/<name>/
+OOF_FILE = "oof_predictions.csv"  # crossval/<name>/: every image's out-of-fold probabilities
 
 
 def check_folder_name(name: str) -> str:
@@ -251,6 +253,11 @@ class RunDir:
 
     def explanation(self, name: str) -> Path:
         return self.reports / check_folder_name(name) / EXPLAIN
+
+    # ---- crossval/ (written by crossval) ------------------------------------------------
+    def crossval(self, name: str) -> Path:
+        """crossval/<name>: fold<f>/ (a run directory each), fold<f>.npz, the summary."""
+        return self.root / "crossval" / check_folder_name(name)
 
     # ---- analysis/, study files -------------------------------------------------------
     def analysis(self, name: str) -> Path:

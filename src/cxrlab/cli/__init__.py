@@ -13,6 +13,7 @@ from cxrlab.cli import (  # noqa: F401,E402  isort: skip
     data_commands,
     download_command,
     train_command,
+    crossval_command,
     eval_commands,
     analyze_command,
     explain_command,

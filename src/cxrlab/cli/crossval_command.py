@@ -1,0 +1,81 @@
+"""`cxrlab crossval RUN_DIR --name NAME`: k-fold cross-validation of one training config.
+
+cxrlab train RUN --model efficientnet_lite0 --pretrained       # the config to trust
+cxrlab crossval RUN --name efficientnet_lite0                  # its 5-fold pooled AUROC
+cxrlab train RUN --model simple_cnn
+cxrlab crossval RUN --name simple_cnn --against efficientnet_lite0   # paired, same folds
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cxrlab.cli.app import app, console, quiet_lightning
+from cxrlab.cli.options import DEVICE_HELP, from_config
+from cxrlab.cli.render import frame_table
+from cxrlab.config import CrossvalConfig, Device, section_from
+
+
+@app.command("crossval")
+def crossval_command(
+    run_dir: Path = typer.Argument(..., help="Run directory prepared by `cxrlab prepare`."),
+    name: str = typer.Option(
+        ..., help="Cross-validate the config of trained model NAME (or of --config), as NAME."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="YAML experiment config to use instead of models/NAME's."
+    ),
+    folds: int = from_config(CrossvalConfig, "folds", help="Folds (by patient)."),
+    val: float = from_config(CrossvalConfig, "val", help="Val share of each fold's training."),
+    seed: int = from_config(CrossvalConfig, "seed", help="Fold assignment seed."),
+    bootstrap: int = from_config(CrossvalConfig, "bootstrap", help="Patient resamples."),
+    device: Device = from_config(CrossvalConfig, "device", help=DEVICE_HELP),
+    batch_size: int = from_config(CrossvalConfig, "batch_size", help="Images per forward pass."),
+    against: str = typer.Option(
+        None, help="Also compare with crossval OTHER (same folds): paired bootstrap NAME - OTHER."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace crossval/NAME if it holds another config's folds."
+    ),
+) -> None:
+    """Train NAME's config on each of k patient-grouped folds; pooled out-of-fold AUROC."""
+    from cxrlab.crossval import compare_crossval, config_of, crossval
+
+    options = section_from(CrossvalConfig, dict(locals()), "cxrlab crossval options")
+    quiet_lightning()
+    experiment = config_of(run_dir, name, config)
+    result = crossval(run_dir, experiment, name, options, overwrite=overwrite)
+    _print_summary(result.summary)
+    if against:
+        paired = compare_crossval(run_dir, name, against, options)
+        from cxrlab.evaluate.tables import paired_table
+
+        console.print(frame_table(paired_table(paired), f"Paired: {name} - {against}"))
+    console.print(f"written to {result.folder}")
+
+
+def _print_summary(summary: dict) -> None:
+    pooled = summary["pooled"]
+    table = Table(
+        title=f"{summary['name']}: pooled out-of-fold AUROC, {len(summary['fold_sizes'])} folds "
+        f"({summary['n_images']} images, {summary['n_patients']} patients; 95% CI)"
+    )
+    table.add_column("target")
+    table.add_column("AUROC", justify="right")
+    for target in summary["targets"]:
+        table.add_row(target, _ci(pooled["per_class"][target]))
+    table.add_row("macro", _ci(pooled["macro"]))
+    console.print(table)
+    console.print(
+        f"per-fold macro AUROC: mean {summary['fold_mean']:.3f} ± {summary['fold_sd']:.3f} "
+        f"({', '.join(f'{v:.3f}' for v in summary['fold_macro'])})"
+    )
+
+
+def _ci(entry: dict) -> str:
+    if entry.get("estimate") is None:
+        return "undefined"
+    return f"{entry['estimate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
