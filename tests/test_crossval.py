@@ -83,7 +83,11 @@ def test_a_killed_run_keeps_its_finished_folds(done, tmp_path):
     (folder / "fold1.npz").unlink()
     kept = {f: (folder / f"fold{f}.npz").read_bytes() for f in (0, 2)}
     ckpt0 = (folder / "fold0" / "models" / "m" / "best.ckpt").stat().st_mtime_ns
-    again = crossval(copy, _config(), "m", OPTIONS, progress=False)
+    said = []
+    again = crossval(copy, _config(), "m", OPTIONS, progress=False,
+                     on_fold=lambda f, k, what: said.append((f, k, what)))  # fmt: skip
+    # fold 1's model had finished: it is only predicted again, not retrained
+    assert said == [(0, 3, "saved"), (1, 3, "predicting"), (2, 3, "saved")]
     assert {f: (folder / f"fold{f}.npz").read_bytes() for f in (0, 2)} == kept
     assert (folder / "fold0" / "models" / "m" / "best.ckpt").stat().st_mtime_ns == ckpt0
     same = read_oof(copy, "m")
@@ -146,3 +150,39 @@ def test_the_api_twin_writes_what_the_command_writes(done):
     cli = read_json(RunDir(run).crossval("cli") / CROSSVAL_FILE)
     assert summary["pooled"] == cli["pooled"] and summary["config"] == cli["config"]
     assert summary["against"]["cli"]["macro"]["delta"] == 0.0
+
+
+def test_a_fold_killed_mid_training_resumes_from_its_last_epoch(done, monkeypatch):
+    import lightning as L
+
+    from cxrlab.train import engine
+
+    run, _ = done
+
+    class Killed(Exception):
+        pass
+
+    class KillFold1AtEpoch1(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == 1 and "fold1" in str(trainer.default_root_dir):
+                raise Killed
+
+    real = engine.train_model
+
+    def killed(run_dir, *args, **kwargs):
+        callbacks = [KillFold1AtEpoch1()] if "fold1" in str(run_dir) else []
+        return real(run_dir, *args, **{**kwargs, "callbacks": callbacks})
+
+    monkeypatch.setattr(engine, "train_model", killed)
+    with pytest.raises(Killed):
+        crossval(run, _config(), "k", OPTIONS, progress=False)
+    metrics = RunDir(run).crossval("k") / "fold1" / "models" / "k" / "metrics.csv"
+    first = metrics.read_text().splitlines()
+    assert len(first) == 2  # header + epoch 0
+    monkeypatch.undo()
+    said = []
+    crossval(run, _config(), "k", OPTIONS, progress=False,
+             on_fold=lambda f, k, what: said.append(what))  # fmt: skip
+    assert said == ["saved", "resuming", "training"]
+    lines = metrics.read_text().splitlines()
+    assert lines[:2] == first and len(lines) == 3  # epoch 0 kept, epoch 1 trained once

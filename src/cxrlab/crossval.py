@@ -25,6 +25,7 @@ saved epoch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,13 @@ def crossval(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    on_fold: Callable[[int, int, str], None] | None = None,
 ) -> CrossvalResult:
-    """Train `config` on each fold of RUN's cohort and pool the out-of-fold predictions."""
+    """Train `config` on each fold of RUN's cohort and pool the out-of-fold predictions.
+
+    `on_fold(f, k, what)` is called as fold f of k starts: what is "saved" (kept from an
+    earlier run), "predicting" (trained earlier), "training" or "resuming" (the CLI prints
+    it)."""
     options = options or CrossvalConfig()
     base = load_run_data(run_dir)
     folder = RunDir(run_dir).crossval(name)
@@ -121,7 +127,8 @@ def crossval(
         fold = assign_folds(base.cohort, base.targets, options.folds, options.seed)
         oof = np.full(base.labels.shape, np.nan)
         for f in range(options.folds):
-            oof[fold == f] = _fold_probs(base, fold, f, folder, config, name, options, progress)
+            probs = _fold_probs(base, fold, f, folder, config, name, options, progress, on_fold)
+            oof[fold == f] = probs
         summary = _summarize(base, fold, oof, name, config, options)
         _write_oof(folder / OOF_FILE, base, fold, oof)
         write_json(folder / CROSSVAL_FILE, summary)
@@ -164,10 +171,13 @@ def _fold_probs(
     name: str,
     options: CrossvalConfig,
     progress: bool,
+    on_fold: Callable[[int, int, str], None] | None,
 ) -> np.ndarray:
     """Fold f's test probabilities (n_f, K): saved ones, or train (resume) and predict."""
+    report = on_fold or (lambda f, k, what: None)
     saved = folder / f"fold{f}.npz"
     if saved.is_file():
+        report(f, options.folds, "saved")
         return np.load(saved)["probs"]
     from cxrlab.models.checkpoint import is_readable, load_trained
     from cxrlab.models.inference import predict_images
@@ -176,8 +186,11 @@ def _fold_probs(
     run = fold_run(base, fold, f, options.val, folder)
     model_dir = RunDir(run).model(name)
     done = model_dir.run_json.is_file() and read_json(model_dir.run_json).get("finished")
-    if not done:
+    if done:
+        report(f, options.folds, "predicting")
+    else:
         resume = is_readable(model_dir.last_ckpt)
+        report(f, options.folds, "resuming" if resume else "training")
         log.info("crossval %s: fold %d of %d%s", name, f + 1, options.folds,
                  " (resuming)" if resume else "")  # fmt: skip
         train_model(run, config, name, resume=resume, overwrite=not resume, progress_bar=progress)

@@ -47,7 +47,7 @@ def crossval_command(
     options = section_from(CrossvalConfig, dict(locals()), "cxrlab crossval options")
     quiet_lightning()
     experiment = config_of(run_dir, name, config)
-    result = crossval(run_dir, experiment, name, options, overwrite=overwrite)
+    result = crossval(run_dir, experiment, name, options, overwrite=overwrite, on_fold=_say)
     _print_summary(result.summary)
     if against:
         paired = compare_crossval(run_dir, name, against, options)
@@ -55,6 +55,16 @@ def crossval_command(
 
         console.print(frame_table(paired_table(paired), f"Paired: {name} - {against}"))
     console.print(f"written to {result.folder}")
+
+
+def _say(f: int, k: int, what: str) -> None:
+    words = {
+        "saved": "kept from the last run",
+        "predicting": "trained earlier; predicting its test images",
+        "training": "training",
+        "resuming": "resuming its training",
+    }
+    console.print(f"[bold]fold {f + 1}/{k}[/]: {words[what]}")
 
 
 def _print_summary(summary: dict) -> None:
