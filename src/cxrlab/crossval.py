@@ -25,6 +25,7 @@ saved epoch.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from cxrlab.config import CrossvalConfig, ExperimentConfig, build, load_yaml
 from cxrlab.data.rundata import RunData, load_run_data
@@ -148,12 +150,8 @@ def _claim(folder: Path, config: ExperimentConfig, options: CrossvalConfig, over
             )
         return
     if folder.exists() and overwrite:
-        import shutil
-
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    import yaml
-
     write_atomic(saved, yaml.safe_dump(wanted, sort_keys=False))
 
 
