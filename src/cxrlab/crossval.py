@@ -40,12 +40,10 @@ from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
 from cxrlab.locking import exclusive
-from cxrlab.rundir import CROSSVAL_FILE, LOCK_FILE, OOF_FILE, RunDir
+from cxrlab.rundir import CONFIG_FILE, CROSSVAL_FILE, LOCK_FILE, OOF_FILE, RunDir
 from cxrlab.runinfo import package_versions, read_json, sha256_json, write_atomic, write_json
 
 log = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.yaml"
 
 
 @dataclass
@@ -139,7 +137,7 @@ def crossval(
 
 def _claim(folder: Path, config: ExperimentConfig, options: CrossvalConfig, overwrite: bool):
     """Refuse to mix folds of another config or fold assignment into `folder`."""
-    saved = folder / CONFIG_NAME
+    saved = folder / CONFIG_FILE
     wanted = {"experiment": config.model_dump(mode="json"), "folds": _fold_key(options)}
     if saved.is_file() and not overwrite:
         before = load_yaml(saved)
