@@ -9,7 +9,7 @@
 #   bench_cv.py --work W --recipes plain,... (the saved folds are reused, nothing retrains)
 #
 # The dev images must be inside the checkout to travel: copy ../shared/data/nih-cxr14-dev's
-# images/ and metadata to .gpudata/nih-cxr14-dev (git-ignored through .git/info/exclude),
+# images/ and metadata to .gpudata/nih-cxr14-dev (git-ignored),
 # the wheels to .whl (bench/gpu_wheels.sh), and carry both. On a machine without CUDA: exits.
 #
 #   bash bench/gpu_cv.sh [grid seconds, default 380]
