@@ -24,6 +24,7 @@ tests/test_readme.py checks the README against the JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -226,8 +227,32 @@ def readme_block(numbers: dict) -> str:
     return "\n".join([*lines, "", END])
 
 
+def numerics() -> dict:
+    """What decides a CPU training's floating-point path, beyond cxrlab's own code: the same
+    seed gives the same demo on the same torch, thread count and CPU instruction set, but
+    another CPU (other SIMD kernels in oneDNN) trains to other, equally valid, numbers."""
+    import torch
+
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        flags = platform.processor() or platform.machine()
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+    }
+
+
 def write_readme(numbers: dict, readme: Path = README, numbers_path: Path = NUMBERS) -> None:
-    """Write `numbers` to docs/demo_numbers.json and their block into the README."""
+    """Write `numbers` (with this machine's `numerics`) to docs/demo_numbers.json and their
+    block into the README."""
+    numbers = {**numbers, "numerics": numerics()}
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{readme} has no {BEGIN} ... {END} block to replace")

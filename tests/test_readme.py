@@ -46,8 +46,24 @@ def test_readme_has_no_hand_typed_demo_figures():
 
 @pytest.mark.slow
 def test_readme_figures_equal_what_a_fresh_demo_prints(tmp_path):
+    """Exactly equal where the numbers were generated with the same floating-point path (torch,
+    threads, CPU instruction set): the demo is deterministic there. On another CPU the same
+    seed trains to other numbers (oneDNN picks other kernels), so there the README's figures
+    must only be near a fresh run's: every macro AUROC within 0.05, the same models."""
+    bench = bench_demo()
     out = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "cxrlab", "demo", "--out", str(out)], check=True,
                    capture_output=True)  # fmt: skip
-    fresh = bench_demo().demo_numbers(out)
-    assert fresh == json.loads((REPO / "docs" / "demo_numbers.json").read_text())
+    fresh = bench.demo_numbers(out)
+    saved = json.loads((REPO / "docs" / "demo_numbers.json").read_text())
+    recorded = saved.pop("numerics")
+    if recorded == bench.numerics():
+        assert fresh == saved
+        return
+    assert fresh["models"].keys() == saved["models"].keys()
+    for name, model in saved["models"].items():
+        assert abs(fresh["models"][name]["macro_auroc"][0] - model["macro_auroc"][0]) <= 0.05
+    pytest.skip(
+        f"exact figures need the numerics they were made with ({recorded}); this machine has "
+        f"{bench.numerics()}: checked within 0.05 only"
+    )
