@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from cxrlab.config import DataConfig, ExperimentConfig, build, deep_merge
-from cxrlab.crossval import assign_folds, fold_run  # the folds `cxrlab crossval` uses
+from cxrlab.crossval import assign_folds, fold_run, score_folds  # `cxrlab crossval`'s
 from cxrlab.data.rundata import RunData, load_run_data
-from cxrlab.evaluate.bootstrap import bootstrap_auroc, paired_bootstrap
+from cxrlab.evaluate.bootstrap import paired_bootstrap
 from cxrlab.rundir import RunDir
 from cxrlab.runinfo import write_json
 
@@ -262,22 +262,8 @@ def scored_part(base: RunData, rows: np.ndarray) -> SimpleNamespace:
 
 
 def summarize(base: RunData, fold: np.ndarray, probs: np.ndarray, n_boot: int) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    y, pid = base.labels, base.patient_ids
-    pooled = bootstrap_auroc(y, probs, pid, targets=base.targets, n_boot=n_boot)
-    per_fold = []
-    for f in np.unique(fold):
-        rows = fold == f
-        aucs = [roc_auc_score(y[rows, k], probs[rows, k]) for k in range(y.shape[1])
-                if 0 < y[rows, k].sum() < rows.sum()]  # fmt: skip
-        per_fold.append(float(np.mean(aucs)))
-    return {
-        "pooled": pooled,
-        "fold_macro": per_fold,
-        "fold_mean": float(np.mean(per_fold)),
-        "fold_sd": float(np.std(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0,
-    }
+    """Pooled and per-fold AUROC, as `cxrlab crossval` reports them."""
+    return score_folds(base, fold, probs, n_boot)
 
 
 def pairs(

@@ -37,11 +37,12 @@ import yaml
 
 from cxrlab.config import CrossvalConfig, ExperimentConfig, build, load_yaml
 from cxrlab.data.rundata import RunData, load_run_data
+from cxrlab.data.split import split_summary
 from cxrlab.errors import ConfigError, DataError
 from cxrlab.labels import IMAGE_INDEX, PATIENT_ID
 from cxrlab.locking import exclusive
-from cxrlab.rundir import CONFIG_FILE, CROSSVAL_FILE, LOCK_FILE, OOF_FILE, RunDir
-from cxrlab.runinfo import package_versions, read_json, sha256_json, write_atomic, write_json
+from cxrlab.rundir import CONFIG_FILE, CROSSVAL_FILE, OOF_FILE, RunDir
+from cxrlab.runinfo import atomic_file, package_versions, read_json, write_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ def fold_run(base: RunData, fold: np.ndarray, f: int, val_share: float, root: Pa
     cohort["split"] = split
     paths.data.mkdir(parents=True, exist_ok=True)
     write_atomic(paths.cohort, cohort.to_csv(index=False))
-    split_hash = sha256_json(list(zip(cohort.iloc[:, 0], split, strict=True)))
-    write_json(paths.split_summary, {"targets": base.targets, "split_hash": split_hash, "fold": f})
+    write_json(paths.split_summary, {**split_summary(cohort, base.targets), "fold": f})
     if not paths.cache.exists():
         paths.cache.symlink_to(base.cache.cache_dir.resolve(), target_is_directory=True)
     return paths.root
@@ -120,9 +120,10 @@ def crossval(
     it)."""
     options = options or CrossvalConfig()
     base = load_run_data(run_dir)
-    folder = RunDir(run_dir).crossval(name)
+    paths = RunDir(run_dir)
+    folder = paths.crossval(name)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive(folder.parent / f".{name}{LOCK_FILE}", f"crossval {name!r} of {run_dir}"):
+    with exclusive(paths.crossval_lock(name), f"crossval {name!r} of {run_dir}"):
         _claim(folder, config, options, overwrite)
         fold = assign_folds(base.cohort, base.targets, options.folds, options.seed)
         oof = np.full(base.labels.shape, np.nan)
@@ -196,9 +197,8 @@ def _fold_probs(
         trained.model, data.images, data.rows("test"), trained.mean, trained.std,
         batch_size=options.batch_size,
     )  # fmt: skip
-    with open(saved.with_suffix(".tmp.npz"), "wb") as handle:
+    with atomic_file(saved, "wb") as handle:
         np.savez(handle, probs=probs)
-    saved.with_suffix(".tmp.npz").replace(saved)
     return probs
 
 
@@ -210,35 +210,44 @@ def _summarize(
     config: ExperimentConfig,
     options: CrossvalConfig,
 ) -> dict[str, Any]:
+    return {
+        "name": name,
+        "targets": base.targets,
+        "options": options.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
+        "n_images": int(len(base.labels)),
+        "n_patients": int(len(set(base.patient_ids))),
+        "fold_sizes": np.bincount(fold, minlength=options.folds).tolist(),
+        "base_split_hash": base.split_hash,
+        **score_folds(base, fold, oof, options.bootstrap, options.seed),
+        "versions": package_versions(),
+    }
+
+
+def score_folds(
+    base: RunData, fold: np.ndarray, oof: np.ndarray, n_boot: int, seed: int = 0
+) -> dict[str, Any]:
+    """Pooled AUROC of out-of-fold probabilities `oof` (N, K) with a patient-bootstrap CI,
+    and the macro AUROC of each fold (classes with both labels in the fold), mean and sd."""
     from sklearn.metrics import roc_auc_score
 
     from cxrlab.evaluate.bootstrap import bootstrap_auroc
 
     y = base.labels
     pooled = bootstrap_auroc(
-        y, oof, base.patient_ids, targets=base.targets, n_boot=options.bootstrap,
-        seed=options.seed,
-    )  # fmt: skip
+        y, oof, base.patient_ids, targets=base.targets, n_boot=n_boot, seed=seed
+    )
     per_fold = []
-    for f in range(options.folds):
+    for f in np.unique(fold):
         rows = fold == f
         aucs = [roc_auc_score(y[rows, k], oof[rows, k]) for k in range(y.shape[1])
                 if 0 < y[rows, k].sum() < rows.sum()]  # fmt: skip
         per_fold.append(float(np.mean(aucs)) if aucs else float("nan"))
     return {
-        "name": name,
-        "targets": base.targets,
-        "options": options.model_dump(mode="json"),
-        "config": config.model_dump(mode="json"),
-        "n_images": int(len(y)),
-        "n_patients": int(len(set(base.patient_ids))),
-        "fold_sizes": np.bincount(fold, minlength=options.folds).tolist(),
-        "base_split_hash": base.split_hash,
         "pooled": pooled,
         "fold_macro": per_fold,
         "fold_mean": float(np.nanmean(per_fold)),
-        "fold_sd": float(np.nanstd(per_fold, ddof=1)),
-        "versions": package_versions(),
+        "fold_sd": float(np.nanstd(per_fold, ddof=1)) if len(per_fold) > 1 else 0.0,
     }
 
 

@@ -259,6 +259,10 @@ class RunDir:
         """crossval/<name>: fold<f>/ (a run directory each), fold<f>.npz, the summary."""
         return self.root / "crossval" / check_folder_name(name)
 
+    def crossval_lock(self, name: str) -> Path:
+        """Held by the `crossval` writing crossval/<name> (beside it: --overwrite removes it)."""
+        return self.root / "crossval" / f".{check_folder_name(name)}{LOCK_FILE}"
+
     # ---- analysis/, study files -------------------------------------------------------
     def analysis(self, name: str) -> Path:
         return self.root / "analysis" / check_folder_name(name)

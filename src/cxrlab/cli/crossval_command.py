@@ -50,9 +50,9 @@ def crossval_command(
     result = crossval(run_dir, experiment, name, options, overwrite=overwrite, on_fold=_say)
     _print_summary(result.summary)
     if against:
-        paired = compare_crossval(run_dir, name, against, options)
         from cxrlab.evaluate.tables import paired_table
 
+        paired = compare_crossval(run_dir, name, against, options)
         console.print(frame_table(paired_table(paired), f"Paired: {name} - {against}"))
     console.print(f"written to {result.folder}")
 
@@ -86,6 +86,6 @@ def _print_summary(summary: dict) -> None:
 
 
 def _ci(entry: dict) -> str:
-    if entry.get("estimate") is None:
-        return "undefined"
-    return f"{entry['estimate']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+    from cxrlab.evaluate.tables import format_ci
+
+    return format_ci(entry.get("estimate"), entry.get("low"), entry.get("high"))
