@@ -31,10 +31,12 @@ training, so folds trained elsewhere (bench/gpu_cv.sh on a GPU) are scored here:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -127,9 +129,36 @@ PLAIN_VARIANTS: dict[str, dict[str, Any]] = {
     "posw": {"train": {"pos_weight": True}},
     "posw_s1": {"train": {"pos_weight": True, "seed": 1}},
     "wd0.05": {"optim": {"weight_decay": 0.05}},
+    "mixup0.2": {"augment": {"mixup": 0.2}},
+    "mixup1": {"augment": {"mixup": 1.0}},
+    "ls0.1": {"train": {"label_smoothing": 0.1}},
+    "dpr0.2": {"model": {"kwargs": {"drop_path_rate": 0.2}}},  # timm stochastic depth
+    "lpft": {"train": {"strategy": "freeze-then-unfreeze", "freeze_epochs": 2, "epochs": 10}},
+    "blr0.3": {"optim": {"lr": 1e-3, "backbone_lr_mult": 0.3}},
 }
 for _name, _change in PLAIN_VARIANTS.items():
     RECIPES[_name] = (deep_merge(RECIPES["plain"][0], _change), "last")
+SEEDED = re.compile(r"(?P<recipe>.+)_s(?P<seed>[0-9]+)$")  # NAME_s3: recipe NAME, seed 3
+
+
+def recipe_of(name: str) -> tuple[dict[str, Any], str]:
+    """RECIPES[name], or for NAME_s<k> recipe NAME trained with seed k."""
+    if name in RECIPES:
+        return RECIPES[name]
+    seeded = SEEDED.fullmatch(name)
+    if seeded is None or seeded["recipe"] not in RECIPES:
+        raise KeyError(name)
+    overrides, checkpoint = RECIPES[seeded["recipe"]]
+    return deep_merge(overrides, {"train": {"seed": int(seeded["seed"])}}), checkpoint
+
+
+def known(name: str) -> bool:
+    try:
+        recipe_of(name)
+    except KeyError:
+        return name == PROBE
+    return True
+
 
 #: The issue's probe reference: logistic regression on frozen ImageNet Lite0 features
 #: (global-pooled), C chosen on the fold's val part. Not a cxrlab training run.
@@ -139,7 +168,7 @@ PROBE_C = (1e-3, 1e-2, 1e-1, 1.0)
 
 # ---- training and scoring -------------------------------------------------------------------
 def recipe_config(name: str, epochs: int | None, precision: str | None = None):
-    overrides = RECIPES[name][0]
+    overrides = recipe_of(name)[0]
     if epochs is not None:
         overrides = deep_merge(overrides, {"train": {"epochs": epochs}})
     if precision is not None:  # how to run, not what: e.g. "32" on a GPU to match the CPU
@@ -168,7 +197,7 @@ def fold_probs(run_dir: Path, recipe: str, tta: bool, device: str = "cpu") -> np
 
     data = load_run_data(run_dir)
     folder = data.paths.model(recipe)
-    ckpt = folder.best_ckpt if RECIPES[recipe][1] == "best" else folder.last_ckpt
+    ckpt = folder.best_ckpt if recipe_of(recipe)[1] == "best" else folder.last_ckpt
     model, info = load_model_from_checkpoint(ckpt)
     check_compatible(info, data, ckpt)
     model = model.to(device)
@@ -226,11 +255,12 @@ def cross_validate(base: RunData, fold: np.ndarray, recipe: str, args) -> dict[s
     already saved are reused (TTA is added to a saved fold from its checkpoint)."""
     names = [recipe, f"{recipe}+tta"] if args.tta and recipe != PROBE else [recipe]
     out = {name: np.full(base.labels.shape, np.nan) for name in names}
+    n_scored = len(base.targets)  # with --fold-targets, the model's extra outputs are dropped
     for f in range(args.score_folds or args.folds):
         saved = args.work / recipe / f"fold{f}.npz"
         run_dir = args.work / f"fold{f}"
         if saved.is_file():
-            stored = dict(np.load(saved))
+            stored = dict(np.load(saved, allow_pickle=True))  # older folds: object ids
         elif recipe == PROBE:
             split = load_run_data(fold_run(base, fold, f, args.val, args.work)).cohort["split"]
             probs = probe_fold(probe_features(base, args.work), base.labels, split.to_numpy())
@@ -238,11 +268,16 @@ def cross_validate(base: RunData, fold: np.ndarray, recipe: str, args) -> dict[s
         else:
             run_dir = fold_run(base, fold, f, args.val, args.work)
             facts = run_fold(run_dir, recipe, args)
-            probs = fold_probs(run_dir, recipe, tta=False, device=args.device)
-            stored = {"probs": probs, "facts": json.dumps(facts)}
+            probs = fold_probs(run_dir, recipe, tta=False, device=args.device)[:, :n_scored]
+            stored = {
+                "probs": probs,
+                "facts": json.dumps(facts),
+                "ids": base.ids[fold == f].astype(str),
+            }
             print(f"  {recipe} fold {f}: {facts}", flush=True)
         if args.tta and recipe != PROBE and "probs_tta" not in stored:
-            stored["probs_tta"] = fold_probs(run_dir, recipe, tta=True, device=args.device)
+            tta = fold_probs(run_dir, recipe, tta=True, device=args.device)
+            stored["probs_tta"] = tta[:, :n_scored]
         saved.parent.mkdir(parents=True, exist_ok=True)
         np.savez(saved, **stored)
         out[recipe][fold == f] = stored["probs"]
@@ -336,6 +371,18 @@ def main() -> None:
     )
     parser.add_argument("--tta", action="store_true", help="also score each recipe with TTA")
     parser.add_argument("--n-images", type=int, default=None, help="subset (smoke tests)")
+    parser.add_argument(
+        "--pathologies",
+        default=None,
+        help="comma-separated targets to prepare and train on (default: cxrlab's four)",
+    )
+    parser.add_argument(
+        "--fold-targets",
+        type=int,
+        default=None,
+        help="folds, val parts and scores use only the first N of --pathologies; the rest "
+        "are auxiliary training targets (same folds as a run of those N alone)",
+    )
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     parser.add_argument("--markdown", type=Path, default=None)
@@ -363,15 +410,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
-    unknown = sorted(set(recipes) - set(RECIPES) - {PROBE})
+    unknown = sorted(r for r in recipes if not known(r))
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join([*RECIPES, PROBE])}")
     base = prepare_base(args)
+    if args.fold_targets:
+        base = scored_targets(base, args.fold_targets)
     fold = assign_folds(base.cohort, base.targets, args.folds, args.seed)
     print(f"{len(base.ids)} images in {args.folds} folds: {np.bincount(fold).tolist()}; "
           f"{platform.node()}, {os.cpu_count()} CPUs", flush=True)  # fmt: skip
     oof = {k: v for r in recipes for k, v in cross_validate(base, fold, r, args).items()}
-    oof.update(saved_folds(spec, fold, args) for spec in args.extra)
+    oof.update(saved_folds(spec, fold, base.ids, args) for spec in args.extra)
     oof.update(ensemble(spec, oof) for spec in args.ensemble)
     scored = fold < (args.score_folds or args.folds)  # all images, or the first folds' only
     oof = {name: probs[scored] for name, probs in oof.items()}
@@ -386,14 +435,23 @@ def main() -> None:
         args.markdown.write_text(text + "\n")
 
 
-def saved_folds(spec: str, fold: np.ndarray, args) -> tuple[str, np.ndarray]:
-    """(NAME, out-of-fold probabilities) read from FOLDER/fold<f>.npz of `NAME=FOLDER`."""
+def saved_folds(spec: str, fold: np.ndarray, ids: np.ndarray, args) -> tuple[str, np.ndarray]:
+    """(NAME, out-of-fold probabilities) read from FOLDER/fold<f>.npz of `NAME=FOLDER`.
+
+    Folds saved with their image ids are placed by id (another work folder may order its
+    cohort differently), and must hold exactly this work's fold; older ones by position."""
     name, _, folder = spec.partition("=")
-    parts = [np.load(Path(folder) / f"fold{f}.npz")["probs"]
-             for f in range(args.score_folds or args.folds)]  # fmt: skip
-    probs = np.full((len(fold), parts[0].shape[1]), np.nan)
-    for f, part in enumerate(parts):
-        probs[fold == f] = part
+    stored = [np.load(Path(folder) / f"fold{f}.npz", allow_pickle=True)  # older: object ids
+              for f in range(args.score_folds or args.folds)]  # fmt: skip
+    probs = np.full((len(fold), stored[0]["probs"].shape[1]), np.nan)
+    row_of = {image: row for row, image in enumerate(ids)}
+    for f, part in enumerate(stored):
+        rows = np.flatnonzero(fold == f)
+        if "ids" in part:
+            rows = np.array([row_of.get(image, -1) for image in part["ids"]])
+            if sorted(rows) != sorted(np.flatnonzero(fold == f)):
+                raise SystemExit(f"--extra {spec}: fold {f} holds other images than this work's")
+        probs[rows] = part["probs"]
     return name, probs
 
 
@@ -412,11 +470,21 @@ def prepare_base(args) -> RunData:
 
     base = args.work / "base"
     if not RunDir(base).cohort.is_file():
+        chosen = {"pathologies": args.pathologies.split(",")} if args.pathologies else {}
         options = DataConfig(
-            data_root=str(args.data_root), image_size=args.image_size, n_images=args.n_images
+            data_root=str(args.data_root),
+            image_size=args.image_size,
+            n_images=args.n_images,
+            **chosen,
         )
         prepare(options, base, progress=False)
     return load_run_data(base)
+
+
+def scored_targets(base: RunData, n: int) -> RunData:
+    """`base` seen through its first `n` targets: its cohort (and so every fold run's training
+    targets) keeps them all, its folds, val parts and scores use these `n`."""
+    return dataclasses.replace(base, targets=base.targets[:n], labels=base.labels[:, :n])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrlab.config import AugmentConfig
-from cxrlab.train.augment import AffineParams, BatchAugment, normalize
+from cxrlab.train.augment import AffineParams, BatchAugment, mixup, mixup_weight, normalize
 
 OFF = dict(
     rotation_deg=0.0, hflip=False, scale_min=1.0, scale_max=1.0, translate=0.0,
@@ -112,3 +112,44 @@ def test_contrast_keeps_each_image_mean_and_brightness_shifts_within_range():
 def test_rejects_float_input():
     with pytest.raises(ValueError, match="uint8"):
         BatchAugment(AugmentConfig(), [0.5], [0.5])(torch.zeros(1, 1, 8, 8))
+
+
+# ---- mixup -------------------------------------------------------------------------------------
+def _labels(n: int = 6, k: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 2, (n, k), generator=_gen(seed)).float()
+
+
+def test_mixup_off_returns_the_batch_unchanged():
+    x, y = torch.randn(6, 1, 8, 8), _labels()
+    out_x, out_y = mixup(x, y, 0.0, _gen(0))
+    assert out_x is x and out_y is y
+
+
+def test_mixup_blends_images_and_labels_with_one_weight_and_one_pairing():
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), _labels().double()
+    out_x, out_y = mixup(x, y, 0.4, _gen(3))
+    replay = _gen(3)  # the same draws, in mixup's order: the weight, then the pairing
+    lam = mixup_weight(0.4, replay)
+    perm = torch.randperm(6, generator=replay)
+    assert 0.0 < lam < 1.0
+    torch.testing.assert_close(out_x, lam * x + (1 - lam) * x[perm])
+    torch.testing.assert_close(out_y, lam * y + (1 - lam) * y[perm])
+    assert ((out_y >= 0) & (out_y <= 1)).all()  # soft labels stay probabilities
+    assert not torch.equal(perm, torch.arange(6))  # the test checks a real pairing
+
+
+def test_mixup_weight_follows_beta_alpha_alpha():
+    from scipy.stats import beta, kstest
+
+    gen = _gen(0)
+    for alpha in (0.2, 1.0):
+        draws = [mixup_weight(alpha, gen) for _ in range(2000)]
+        assert kstest(draws, beta(alpha, alpha).cdf).pvalue > 0.01
+    assert kstest(draws, beta(0.2, 0.2).cdf).pvalue < 1e-6  # the test can tell them apart
+
+
+def test_mixup_same_seed_same_output():
+    x, y = torch.randn(6, 1, 8, 8), _labels()
+    a, b, c = mixup(x, y, 1.0, _gen(1)), mixup(x, y, 1.0, _gen(1)), mixup(x, y, 1.0, _gen(2))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])

@@ -76,5 +76,25 @@ def test_ensembles_average_members_and_saved_folds_land_on_their_rows(tmp_path: 
     for f, probs in ((0, [[0.1], [0.2], [0.3]]), (1, [[0.8], [0.9]])):
         np.savez(tmp_path / f"fold{f}.npz", probs=np.array(probs))
     args = type("Args", (), {"score_folds": None, "folds": 2})
-    name, probs = bench.saved_folds(f"other={tmp_path}", fold, args)
+    ids = np.array(["a", "b", "c", "d", "e"])
+    name, probs = bench.saved_folds(f"other={tmp_path}", fold, ids, args)
     assert name == "other" and probs[:, 0].tolist() == [0.8, 0.1, 0.9, 0.2, 0.3]
+    # folds saved with their ids land by id, whatever order the other work folder used
+    np.savez(tmp_path / "fold0.npz", probs=np.array([[0.3], [0.1], [0.2]]), ids=["e", "b", "d"])
+    _, probs = bench.saved_folds(f"other={tmp_path}", fold, ids, args)
+    assert probs[:, 0].tolist() == [0.8, 0.1, 0.9, 0.2, 0.3]
+    np.savez(tmp_path / "fold0.npz", probs=np.array([[0.3], [0.1], [0.2]]), ids=["e", "b", "a"])
+    with pytest.raises(SystemExit, match="fold 0 holds other images"):
+        bench.saved_folds(f"other={tmp_path}", fold, ids, args)
+
+
+def test_seeded_recipe_names_and_auxiliary_targets(tmp_path: Path):
+    bench = _bench()
+    seeded = bench.recipe_config("dpr0.2_s3", None)
+    assert seeded.train.seed == 3 and seeded.model.kwargs == {"drop_path_rate": 0.2}
+    assert bench.recipe_config("dpr0.2", None).train.seed == 0
+    assert bench.known("plain_s7") and bench.known("probe") and not bench.known("nope_s1")
+    base = load_run_data(make_tiny_run(tmp_path, n=40, size=16))
+    narrowed = bench.scored_targets(base, 1)
+    assert narrowed.targets == base.targets[:1] and narrowed.labels.shape == (40, 1)
+    assert narrowed.cohort is base.cohort  # fold runs still train on every target

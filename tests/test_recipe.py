@@ -1,5 +1,6 @@
 """The transfer recipe's pieces: defaults by start, learning rates per parameter group, the
-weight EMA (what best.ckpt holds, exact resume), epoch selection, test-time augmentation."""
+weight EMA (what best.ckpt holds, exact resume), mixup and label smoothing, epoch selection,
+test-time augmentation."""
 
 from __future__ import annotations
 
@@ -208,6 +209,55 @@ def test_same_seed_same_metrics_with_the_recipe_and_ema(run, weights_file):
     config["train"]["seed"] = 1
     c = _fit(run, "c", config=config)
     assert not np.allclose(_metrics(c)["train_loss"], _metrics(a)["train_loss"])
+
+
+# ---- mixup and label smoothing ------------------------------------------------------------------
+class _Targets(L.Callback):
+    """The label batches each training and validation step sees (after the batch transfer)."""
+
+    def __init__(self) -> None:
+        self.train: list[torch.Tensor] = []
+        self.val: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.train.append(batch[1].detach().clone())
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.val.append(batch[1].detach().clone())
+
+
+def _hard(labels: list[torch.Tensor]) -> bool:
+    y = torch.cat(labels)
+    return bool(((y == 0) | (y == 1)).all())
+
+
+def test_mixup_blends_training_labels_only(run):
+    spy = _Targets()
+    _fit(run, config=_config(augment={"mixup": 1.0}), callbacks=[spy])
+    assert spy.train and spy.val
+    assert not _hard(spy.train)  # soft labels: images blended in training
+    assert _hard(spy.val)  # validation sees the images and labels as they are
+    plain = _Targets()
+    _fit(run, "plain", callbacks=[plain])
+    assert _hard(plain.train)
+
+
+def test_label_smoothing_moves_training_targets_only(run, monkeypatch):
+    from cxrlab.train.module import ChestXrayClassifier
+
+    seen: list[tuple[bool, torch.Tensor]] = []
+    loss = ChestXrayClassifier.loss
+
+    def spy(self, logits, y):
+        seen.append((self.trainer.training, y.detach().clone()))
+        return loss(self, logits, y)
+
+    monkeypatch.setattr(ChestXrayClassifier, "loss", spy)
+    _fit(run, config=_config(train={**TINY["train"], "label_smoothing": 0.2}))
+    train = torch.cat([y for training, y in seen if training])
+    val = torch.cat([y for training, y in seen if not training])
+    assert train.unique().tolist() == pytest.approx([0.1, 0.9])  # y(1 - e) + e/2, e = 0.2
+    assert set(val.unique().tolist()) == {0.0, 1.0}
 
 
 # ---- epoch selection ---------------------------------------------------------------------------

@@ -131,3 +131,28 @@ class BatchAugment:
         bias = bias.to(x.device).reshape(n, 1, 1, 1)
         centre = x.mean(dim=(1, 2, 3), keepdim=True)
         return x.sub_(centre).mul_(gain).add_(centre + bias)
+
+
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018) for multi-label batches: one weight lam ~ Beta(alpha, alpha)
+    per batch; image i becomes lam x_i + (1 - lam) x_p(i) for a random pairing p, and its
+    labels the same blend (a soft label: the share of that image in the blend).
+
+    alpha = 0 returns the batch unchanged. lam is the Beta quantile of a uniform drawn from
+    `generator`, so the result depends on the generator's seed only.
+    """
+    if alpha <= 0 or x.shape[0] < 2:
+        return x, y
+    lam = mixup_weight(alpha, generator)
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return x * lam + x[perm] * (1.0 - lam), y * lam + y[perm] * (1.0 - lam)
+
+
+def mixup_weight(alpha: float, generator: torch.Generator | None = None) -> float:
+    """One draw of Beta(alpha, alpha): the Beta quantile of a uniform from `generator`."""
+    from scipy.special import betaincinv
+
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return float(betaincinv(alpha, alpha, u))

@@ -30,7 +30,7 @@ from torch import nn
 
 from cxrlab.config import ExperimentConfig, ScheduleConfig
 from cxrlab.models.checkpoint import build_network
-from cxrlab.train.augment import BatchAugment, normalize
+from cxrlab.train.augment import BatchAugment, mixup, normalize
 from cxrlab.train.data import STREAM_AUGMENT, STREAM_TORCH, derive_seed
 
 log = logging.getLogger(__name__)
@@ -123,13 +123,15 @@ class ChestXrayClassifier(L.LightningModule):
         x, y, rows = batch
         if self._trainer is not None and self.trainer.training:
             x = self.augment(x, self._augment_gen)
+            x, y = mixup(x, y, self.config.augment.mixup, self._augment_gen)
         else:
             x = normalize(x, self.mean, self.std)
         return x, y, rows
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y, _ = batch
-        loss = self.loss(self(x), y)
+        eps = self.config.train.label_smoothing  # training targets only; val keeps 0/1
+        loss = self.loss(self(x), y * (1.0 - eps) + eps / 2 if eps else y)
         self._train_sum = self._train_sum.to(loss.device) + loss.detach() * len(y)
         self._train_count += len(y)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False)
