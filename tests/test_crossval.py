@@ -139,17 +139,25 @@ def test_the_command_takes_a_trained_models_config_and_prints_the_pooled_auroc(d
 
 def test_the_api_twin_writes_what_the_command_writes(done):
     import cxrlab
+    from cxrlab.evaluate.tables import format_ci
 
     run, _ = done
     if not (RunDir(run).crossval("cli") / CROSSVAL_FILE).is_file():
         pytest.skip("needs the command test's crossval/cli")
     saved = RunDir(run).model("cli").config  # the config the command took
-    summary = cxrlab.crossval(run, "api", config=saved, folds=3, bootstrap=50, against="cli",
-                              progress=False)  # fmt: skip
+    result = cxrlab.crossval(run, "api", config=saved, folds=3, bootstrap=50, against="cli",
+                             progress=False)  # fmt: skip
     pd.testing.assert_frame_equal(read_oof(run, "api"), read_oof(run, "cli"))
+    pd.testing.assert_frame_equal(result.predictions, read_oof(run, "api"))
     cli = read_json(RunDir(run).crossval("cli") / CROSSVAL_FILE)
-    assert summary["pooled"] == cli["pooled"] and summary["config"] == cli["config"]
-    assert summary["against"]["cli"]["macro"]["delta"] == 0.0
+    assert result.summary["pooled"] == cli["pooled"] and result.summary["config"] == cli["config"]
+    macro = cli["pooled"]["macro"]
+    assert result.table.loc["macro"].iloc[0] == format_ci(macro["estimate"], macro["low"],
+                                                          macro["high"])  # fmt: skip
+    assert list(result.table.index) == [*cli["targets"], "macro"]
+    assert result.folds["macro AUROC"].tolist() == cli["fold_macro"]
+    assert result.paired["cli"]["macro"]["delta"] == 0.0
+    assert list(result.against) == ["api - cli"]
 
 
 def test_a_fold_killed_mid_training_resumes_from_its_last_epoch(done, monkeypatch):

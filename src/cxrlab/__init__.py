@@ -25,7 +25,15 @@ from cxrlab.api import (
     synth,
     train,
 )
-from cxrlab.results import Analysis, Comparison, Evaluation, Explanation, Run, Training
+from cxrlab.results import (
+    Analysis,
+    Comparison,
+    CrossValidation,
+    Evaluation,
+    Explanation,
+    Run,
+    Training,
+)
 
 try:
     __version__ = version("cxrlab")
@@ -52,6 +60,7 @@ __all__ = [
     "Training",
     "Evaluation",
     "Comparison",
+    "CrossValidation",
     "Analysis",
     "Explanation",
 ]

@@ -58,7 +58,15 @@ from cxrlab.config import (
     experiment_default,
     section_from,
 )
-from cxrlab.results import Analysis, Comparison, Evaluation, Explanation, Run, Training
+from cxrlab.results import (
+    Analysis,
+    Comparison,
+    CrossValidation,
+    Evaluation,
+    Explanation,
+    Run,
+    Training,
+)
 from cxrlab.rundir import RunDir
 
 __all__ = [
@@ -318,23 +326,22 @@ def crossval(
     against: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> CrossValidation:
     """Patient-grouped k-fold cross-validation of trained model `name`'s config (or of the
     YAML `config`): one training per fold, every image predicted once by a model that never
-    saw its patient (`cxrlab crossval`). Returns crossval.json's content: pooled out-of-fold
-    AUROC with patient-bootstrap CIs, per-fold macro AUROC; with `against`, also the paired
-    difference `name - against` on the same folds under "against"."""
+    saw its patient (`cxrlab crossval`). The result reads crossval/NAME back: `.table` (pooled
+    out-of-fold AUROC with patient-bootstrap CIs), `.folds` (each fold's macro AUROC),
+    `.predictions`, `.summary`; with `against`, `.against` holds the paired difference
+    `name - against` on the same folds."""
     from cxrlab.crossval import compare_crossval, config_of
     from cxrlab.crossval import crossval as run_crossval
 
     options = section_from(CrossvalConfig, dict(locals()), "cxrlab.crossval options")
     root = _root(run)
     experiment = config_of(root, name, config)
-    summary = run_crossval(root, experiment, name, options, overwrite=overwrite,
-                           progress=progress).summary  # fmt: skip
-    if against:
-        summary = {**summary, "against": {against: compare_crossval(root, name, against, options)}}
-    return summary
+    done = run_crossval(root, experiment, name, options, overwrite=overwrite, progress=progress)
+    paired = {against: compare_crossval(root, name, against, options)} if against else {}
+    return CrossValidation(done.folder, paired)
 
 
 def analyze(

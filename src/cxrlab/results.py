@@ -1,15 +1,16 @@
 """What the API's stage functions return: small objects that read a stage's files back.
 
 `Run` (a prepared run directory: cohort, split summary, the leakage check), `Training`,
-`Evaluation`, `Comparison`, `Analysis`, `Explanation`. Each holds paths and reads lazily;
-tables come back as DataFrames and figures as matplotlib Figures of the PNGs the stages drew.
+`Evaluation`, `Comparison`, `CrossValidation`, `Analysis`, `Explanation`. Each holds paths
+and reads lazily; tables come back as DataFrames and figures as matplotlib Figures of the
+PNGs the stages drew.
 Public through `cxrlab` (see `cxrlab.api`); importing this module loads no torch.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -18,12 +19,16 @@ from cxrlab.rundir import (
     ANALYSIS_FILE,
     ANALYSIS_SUMMARY,
     COMPARISON_FILE,
+    CROSSVAL_FILE,
     LOCALIZATION_FILE,
+    OOF_FILE,
     RunDir,
     SplitDir,
 )
 
-__all__ = ["Run", "Training", "Evaluation", "Comparison", "Analysis", "Explanation"]
+__all__ = [
+    "Run", "Training", "Evaluation", "Comparison", "CrossValidation", "Analysis", "Explanation",
+]  # fmt: skip
 
 _EVAL = EvaluateConfig()  # the default split Run.evaluation / Run.comparison read
 
@@ -277,6 +282,57 @@ class Comparison(_Figures):
     def figures(self) -> dict[str, Path]:
         """roc, pr, reliability and auroc_bars, every model on one axes per class."""
         return _png_figures(SplitDir(self.path).figures)
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """crossval/<name>: pooled out-of-fold AUROC with CIs, each fold's macro AUROC, every
+    image's out-of-fold probabilities, and paired differences against other configs."""
+
+    path: Path
+    #: {other name: paired patient-bootstrap difference name - other} (API's `against`)
+    paired: dict = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def summary(self) -> dict:
+        """crossval.json: options, config, pooled AUROC with CIs, fold sizes and scores."""
+        return _read_json(self.path / CROSSVAL_FILE)
+
+    @property
+    def table(self):
+        """Pooled out-of-fold AUROC [95% CI] per class, then macro."""
+        import pandas as pd
+
+        from cxrlab.evaluate.tables import format_ci
+
+        pooled = self.summary["pooled"]
+        rows = {**pooled["per_class"], "macro": pooled["macro"]}
+        cells = {k: format_ci(v["estimate"], v["low"], v["high"]) for k, v in rows.items()}
+        return pd.Series(cells, name="AUROC [95% CI]").rename_axis("class").to_frame()
+
+    @property
+    def folds(self):
+        """One row per fold: its images and its macro AUROC."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {"images": self.summary["fold_sizes"], "macro AUROC": self.summary["fold_macro"]}
+        ).rename_axis("fold")
+
+    @property
+    def predictions(self):
+        """oof_predictions.csv: one row per image, its fold, true labels and probabilities."""
+        import pandas as pd
+
+        return pd.read_csv(self.path / OOF_FILE, dtype={"Image Index": str, "Patient ID": str})
+
+    @property
+    def against(self) -> dict:
+        """{"name - other": paired table of ΔAUROC per class and macro}."""
+        from cxrlab.evaluate.tables import paired_table
+
+        name = self.summary["name"]
+        return {f"{name} - {other}": paired_table(v) for other, v in self.paired.items()}
 
 
 @dataclass(frozen=True)
