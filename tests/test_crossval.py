@@ -194,3 +194,17 @@ def test_a_fold_killed_mid_training_resumes_from_its_last_epoch(done, monkeypatc
     assert said == ["saved", "resuming", "training"]
     lines = metrics.read_text().splitlines()
     assert lines[:2] == first and len(lines) == 3  # epoch 0 kept, epoch 1 trained once
+
+
+def test_no_keep_models_deletes_each_folds_checkpoints_after_predicting(done):
+    run, result = done
+    kept = list(result.folder.glob("fold*/models/m/*.ckpt"))
+    assert {p.name for p in kept} == {"best.ckpt", "last.ckpt"} and len(kept) == 6  # default
+    lean = crossval(run, _config(), "lean", CrossvalConfig(folds=3, bootstrap=50,
+                    keep_models=False), progress=False)  # fmt: skip
+    assert not list(lean.folder.glob("fold*/models/lean/*.ckpt"))
+    assert len(list(lean.folder.glob("fold*/models/lean/metrics.csv"))) == 3  # the rest stays
+    pd.testing.assert_frame_equal(read_oof(run, "lean"), read_oof(run, "m"))
+    again = crossval(run, _config(), "lean", CrossvalConfig(folds=3, bootstrap=50,
+                     keep_models=False), progress=False)  # fmt: skip
+    assert again.summary["pooled"] == lean.summary["pooled"]  # from the saved folds

@@ -323,6 +323,7 @@ def crossval(
     bootstrap: int = _CV.bootstrap,
     device: Device = _CV.device,
     batch_size: int = _CV.batch_size,
+    keep_models: bool = _CV.keep_models,
     against: str | None = None,
     overwrite: bool = False,
     progress: bool = True,

@@ -383,6 +383,9 @@ class CrossvalConfig(_Section):
     bootstrap: int = Field(2000, ge=10)  # patient resamples for the pooled CIs and pairs
     device: Device = "auto"  # where each fold's test images are predicted
     batch_size: int = Field(64, ge=1)
+    # False: each fold's checkpoints are deleted once its test images are predicted (its
+    # config, metrics and predictions stay); True keeps them (tens of MB a fold)
+    keep_models: bool = True
 
 
 class AnalyzeConfig(_Section):

@@ -199,6 +199,9 @@ def _fold_probs(
     )  # fmt: skip
     with atomic_file(saved, "wb") as handle:
         np.savez(handle, probs=probs)
+    if not options.keep_models:  # predictions saved first: a kill here loses nothing needed
+        for checkpoint in model_dir.path.glob("*.ckpt"):
+            checkpoint.unlink()
     return probs
 
 

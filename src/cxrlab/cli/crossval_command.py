@@ -34,6 +34,13 @@ def crossval_command(
     bootstrap: int = from_config(CrossvalConfig, "bootstrap", help="Patient resamples."),
     device: Device = from_config(CrossvalConfig, "device", help=DEVICE_HELP),
     batch_size: int = from_config(CrossvalConfig, "batch_size", help="Images per forward pass."),
+    keep_models: bool = from_config(
+        CrossvalConfig,
+        "keep_models",
+        "--keep-models/--no-keep-models",
+        help="Keep each fold's checkpoints; --no-keep-models deletes them once the fold's "
+        "test images are predicted (config, metrics and predictions stay).",
+    ),
     against: str = typer.Option(
         None, help="Also compare with crossval OTHER (same folds): paired bootstrap NAME - OTHER."
     ),
