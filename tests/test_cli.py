@@ -282,3 +282,18 @@ def test_run_a_tiny_study_then_skip_it_all(tmp_path: Path):
     assert second.returncode == 0, second.stderr
     assert "stages run: 0, skipped (unchanged): 6" in second.stdout
     assert "- train:tiny: skipped (inputs unchanged)" in second.stdout
+
+
+def test_the_cli_hides_torchs_leafspec_deprecation_that_lightning_triggers():
+    """Lightning <= 2.6 builds torch's deprecated LeafSpec every batch; only the CLI hides it
+    (the library sets no warning filter), and only that warning."""
+    code = (
+        "import warnings; from torch.utils._pytree import LeafSpec; {}; LeafSpec(); "
+        "warnings.warn('other', FutureWarning)"
+    )
+    for setup, shown in (("pass", True), ("from cxrlab.cli.app import quiet_lightning; "
+                                          "quiet_lightning()", False)):  # fmt: skip
+        out = subprocess.run([sys.executable, "-W", "default", "-c", code.format(setup)],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert ("LeafSpec" in out.stderr) is shown and "other" in out.stderr

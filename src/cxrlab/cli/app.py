@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import sys
+import warnings
 
 import typer
 from rich.console import Console
@@ -68,6 +69,9 @@ def quiet_lightning() -> None:
 
     for name in _LIGHTNING_LOGGERS:
         _filter_handlers(name, _quiet["on"])
+    # Lightning <= 2.6 builds torch's deprecated LeafSpec on every batch: torch >= 2.10 then
+    # prints a FutureWarning in every training, which the user can do nothing about.
+    warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
 
 
 def _filter_handlers(logger: str | None, quiet: bool) -> None:
@@ -77,6 +81,10 @@ def _filter_handlers(logger: str | None, quiet: bool) -> None:
             handler.removeFilter(old)
         if quiet:
             handler.addFilter(_QuietLightning())
+
+
+#: torch's deprecation of LeafSpec, raised from Lightning's own code (see quiet_lightning)
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 class _QuietLightning(logging.Filter):
