@@ -208,3 +208,19 @@ def test_no_keep_models_deletes_each_folds_checkpoints_after_predicting(done):
     again = crossval(run, _config(), "lean", CrossvalConfig(folds=3, bootstrap=50,
                      keep_models=False), progress=False)  # fmt: skip
     assert again.summary["pooled"] == lean.summary["pooled"]  # from the saved folds
+
+
+def test_the_report_shows_each_crossval_and_its_saved_pairs(done):
+    from cxrlab.evaluate.tables import format_ci
+    from cxrlab.report.build import build_report
+
+    run, result = done
+    paired = compare_crossval(run, "m", "m", OPTIONS)  # also saved beside crossval m
+    assert read_json(RunDir(run).crossval_paired("m", "m"))["macro"] == paired["macro"]
+    html = build_report(run).read_text()
+    section = html[html.index('id="crossval"') : html.index('id="analysis"')]
+    macro = result.summary["pooled"]["macro"]
+    estimate, interval = format_ci(macro["estimate"], macro["low"], macro["high"]).split(" ", 1)
+    assert estimate in section and interval in section
+    assert "m</span> vs " in section and "cross-validated" in section
+    assert "None run" not in section

@@ -278,7 +278,8 @@ def compare_crossval(
     run_dir: str | Path, a: str, b: str, options: CrossvalConfig | None = None
 ) -> dict[str, Any]:
     """Paired patient-bootstrap difference A - B of pooled out-of-fold AUROC (per class and
-    macro), for two configs cross-validated on the same images and folds."""
+    macro), for two configs cross-validated on the same images and folds; also written to
+    crossval/A/paired_B.json (the report shows it)."""
     from cxrlab.evaluate.bootstrap import paired_bootstrap
 
     options = options or CrossvalConfig()
@@ -290,11 +291,13 @@ def compare_crossval(
             "cross-validate both with the same --folds, --val and --seed"
         )
     targets = [c[2:] for c in first.columns if c.startswith("p_")]
-    return paired_bootstrap(
+    paired = paired_bootstrap(
         first[targets].to_numpy(), first[[f"p_{t}" for t in targets]].to_numpy(),
         second[[f"p_{t}" for t in targets]].to_numpy(), first[PATIENT_ID].to_numpy(),
         n_boot=options.bootstrap, seed=options.seed, targets=targets,
     )  # fmt: skip
+    write_json(RunDir(run_dir).crossval_paired(a, b), {"a": a, "b": b, **paired})
+    return paired
 
 
 def config_of(run_dir: str | Path, name: str, config_file: str | Path | None) -> ExperimentConfig:

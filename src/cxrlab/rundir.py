@@ -46,6 +46,7 @@ LOCALIZATION_FILE = "localization.json"  # reports/<name>/explain/
 COMPARE = "compare"  # reports/compare/<split>: the model comparison, not a model
 EXPLAIN = "explain"  # reports/<name>/explain: Grad-CAM, not a split
 CROSSVAL_FILE = "crossval.json"  # crossval/<name>/
+PAIRED_PREFIX = "paired_"  # crossval/<name>/paired_<other>.json: name - other
 OOF_FILE = "oof_predictions.csv"  # crossval/<name>/: every image's out-of-fold probabilities
 
 
@@ -258,6 +259,18 @@ class RunDir:
     def crossval(self, name: str) -> Path:
         """crossval/<name>: fold<f>/ (a run directory each), fold<f>.npz, the summary."""
         return self.root / "crossval" / check_folder_name(name)
+
+    @property
+    def crossval_root(self) -> Path:
+        return self.root / "crossval"
+
+    def crossval_paired(self, name: str, other: str) -> Path:
+        """crossval/<name>/paired_<other>.json: `crossval --against`'s name - other."""
+        return self.crossval(name) / f"{PAIRED_PREFIX}{check_folder_name(other)}.json"
+
+    def crossval_pairs(self, name: str) -> list[Path]:
+        """Every saved crossval_paired(name, other), sorted."""
+        return sorted(self.crossval(name).glob(f"{PAIRED_PREFIX}*.json"))
 
     def crossval_lock(self, name: str) -> Path:
         """Held by the `crossval` writing crossval/<name> (beside it: --overwrite removes it)."""

@@ -195,6 +195,7 @@ class Page:
         status = {key: bool(data.get(key)) for key, _ in SECTIONS}
         status["summary"] = bool(data["metrics"])
         status["card"] = True
+        status["comparison"] = bool(data["comparison"] or data["crossval"])
         return {
             "title": f"cxrlab report: {self.run_dir.resolve().name}",
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -209,6 +210,7 @@ class Page:
             "training": self.training_view(data["training"]),
             "metrics": self.metrics_view(data["metrics"]),
             "comparison": self.comparison_view(data["comparison"]),
+            "crossval": self.crossval_view(data["crossval"]),
             "analysis": self.analysis_view(data["analysis"]),
             "explain": self.explain_view(data["explain"]),
             "card": self.card_view(data),
@@ -311,6 +313,30 @@ class Page:
                 }
             )
         return out
+
+    def crossval_view(self, blocks: list[dict] | None) -> dict | None:
+        """Pooled out-of-fold AUROC per cross-validated config, and their saved pairs."""
+        if not blocks:
+            return None
+        from cxrlab.evaluate.tables import paired_table
+
+        rows = []
+        for block in blocks:
+            s = block["summary"]
+            cells = {t: s["pooled"]["per_class"].get(t) for t in s["targets"]}
+            rows.append({"name": s["name"], "cells": cells, "macro": s["pooled"]["macro"],
+                         "folds": len(s["fold_macro"]), "fold_mean": s["fold_mean"],
+                         "fold_sd": s["fold_sd"], "n_images": s.get("n_images"),
+                         "n_patients": s.get("n_patients")})  # fmt: skip
+        pairs = [
+            {"a": p["a"], "b": p["b"], "n_boot": p.get("n_boot"),
+             "table": frame_html(paired_table(p).rename(columns={
+                 "AUROC A": f"AUROC {p['a']}", "AUROC B": f"AUROC {p['b']}",
+                 "ΔAUROC (A - B)": "ΔAUROC [95% CI]"}))}
+            for block in blocks for p in block["pairs"]
+        ]  # fmt: skip
+        targets = list(dict.fromkeys(t for b in blocks for t in b["summary"]["targets"]))
+        return {"rows": rows, "targets": targets, "pairs": pairs}
 
     def comparison_view(self, comparison: dict | None) -> dict | None:
         if comparison is None:

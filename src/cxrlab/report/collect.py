@@ -22,6 +22,7 @@ from cxrlab.rundir import (
     ANALYSIS_FILE,
     ANALYSIS_SUMMARY,
     COMPARISON_FILE,
+    CROSSVAL_FILE,
     EXPLAIN_INDEX,
     LOCALIZATION_FILE,
     RunDir,
@@ -127,6 +128,7 @@ def collect_run(run_dir: str | Path, split: str = "test") -> dict:
         "training": collect_training(run_dir, names, split),
         "metrics": collect_metrics(run_dir, names, split),
         "comparison": collect_comparison(run_dir, split),
+        "crossval": collect_crossval(run_dir),
         "analysis": collect_analysis(run_dir),
         "explain": collect_explain(run_dir, names),
         "provenance": collect_provenance(run_dir),
@@ -256,6 +258,22 @@ def collect_comparison(run_dir: Path, split: str) -> dict | None:
         if key not in summary:
             raise DataError(f"{folder / 'comparison.json'} lacks {key!r}; re-run `cxrlab compare`")
     return {"summary": summary, "figures": pngs(folder / "figures", COMPARE_FIGURES)}
+
+
+def collect_crossval(run_dir: Path) -> list[dict] | None:
+    """Every finished `cxrlab crossval` (crossval/<name>/crossval.json), with the paired
+    comparisons `--against` saved beside it."""
+    paths = RunDir(run_dir)
+    root = paths.crossval_root
+    blocks = []
+    for path in sorted(root.glob(f"*/{CROSSVAL_FILE}")) if root.is_dir() else []:
+        summary = read_mapping(path)
+        for key in ("name", "targets", "pooled", "fold_macro", "fold_mean", "fold_sd"):
+            if key not in summary:
+                raise DataError(f"{path} lacks {key!r}; re-run `cxrlab crossval`")
+        pairs = [read_mapping(p) for p in paths.crossval_pairs(path.parent.name)]
+        blocks.append({"summary": summary, "pairs": pairs})
+    return blocks or None
 
 
 def collect_analysis(run_dir: Path) -> list[dict] | None:
