@@ -147,8 +147,8 @@ class TrainConfig(_Section):
 #: 5-fold cross-validation on 1,108 real NIH images (bench/bench_cv.py, docs/benchmarks.md):
 #: one lower LR for the whole network, no warm-up, a fixed 8-epoch cosine schedule and the
 #: final weights, not an epoch picked on a noisy ~130-image val split. (Measured and not
-#: kept: a 3x faster head with warm-up and a weight EMA, an EMA alone, TTA; and in a 20-recipe
-#: grid, other LRs, layer-wise decay, augmentation strength, 160-288 px, batch 16, dropout,
+#: kept: a 3x faster head with warm-up and a weight EMA, an EMA alone, TTA; and in two grids of
+#: 30 recipes, other LRs, layer-wise decay, augmentation strength, 160-288 px, batch 16, dropout,
 #: weight decay, pos_weight, 4 or 16 epochs, mixup, label smoothing, stochastic depth, a
 #: head-first start, a 3x faster head and the other ten findings as extra outputs: none was
 #: shown better.) From scratch the section defaults above apply.
