@@ -10,6 +10,10 @@ candidate layer:
 * finer: the stage before auto (twice its resolution),
 * fused: auto + deepest (or finer + auto where those are one layer), averaged by the library.
 
+Each method of `gradcam.REFERENCE_METHODS` is also run with a reference film ("+ref" rows):
+`reference_activations` over the run's training images without any target finding, so the
+map weights the activations' change from an average sign-free film.
+
 Printed per configuration: the pointing-game hit rate of every finding with >= --min-boxes
 pairs beside the random-point and centre-point baselines, the issue's target per finding
 (hit >= 2x random, and > centre where centre < 0.5), mean IoU, deletion and insertion AUC
@@ -18,7 +22,14 @@ per finding, at the auto and deepest layers: each curve costs 2 * steps forward 
 pair) and CAM time per pair.
 All numbers of one table come from one run on one machine.
 
-Usage: HF_HUB_OFFLINE=1 python bench/bench_explain.py RUN_DIR [--models a,b] [--steps 8]
+`--films N` (synthetic runs only) adds a second table on N freshly drawn films per finding,
+each holding that one sign alone (`cxrlab.synth`: random patient, shot and sign; rendered
+at --film-size and resized like the cache): the issue's "one sign, does the map peak in
+its box" with as many pairs as wanted, and no co-occurring signs. Beside it, per finding,
+the share of films whose logit is above that of the same film drawn without the sign: the
+model detects the sign itself (not only findings or views that come with it).
+
+Usage: HF_HUB_OFFLINE=1 python bench/bench_explain.py RUN_DIR [--models a,b] [--films 40]
 Results go into docs/benchmarks.md with the machine and its load. The run directory is only
 read.
 """
@@ -38,10 +49,16 @@ import torch
 from cxrlab.data.rundata import load_run_data
 from cxrlab.explain import faithfulness as fa
 from cxrlab.explain import localization as loc
-from cxrlab.explain.gradcam import CAM_METHODS, gradcam
+from cxrlab.explain.gradcam import (
+    CAM_METHODS,
+    REFERENCE_METHODS,
+    gradcam,
+    reference_activations,
+)
 from cxrlab.labels import IMAGE_INDEX
 from cxrlab.models import list_layers, stage_sides, target_layer_name
 from cxrlab.models.checkpoint import load_trained
+from cxrlab.models.inference import to_model_input
 
 
 @dataclass
@@ -105,6 +122,33 @@ def faithfulness_subset(ks: np.ndarray, per_finding: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(ks == k)[:per_finding] for k in np.unique(ks)])
 
 
+def sign_free_rows(data) -> np.ndarray:
+    """Training rows without any target finding: the reference films."""
+    train = data.rows("train")
+    return train[data.labels[train].sum(axis=1) == 0]
+
+
+def configurations(model, size: int):
+    """(kind, layer option, method, reference?) in the order the table shows them."""
+    for kind, layer in candidate_layers(model, size).items():
+        for method in CAM_METHODS:
+            yield kind, layer, method, False
+            if method in REFERENCE_METHODS:
+                yield kind, layer, method, True
+
+
+def hit_cells(summary: dict, findings: list[str]) -> dict:
+    """Hit rate per finding and how many meet the issue's target."""
+    row = {"met": 0}
+    for t in findings:
+        s = summary[t]
+        ok = s["hit_rate"] >= 2 * s["random_point_hit_rate"] and (
+            s["centre_point_hit_rate"] >= 0.5 or s["hit_rate"] > s["centre_point_hit_rate"]
+        )
+        row[t], row["met"] = s["hit_rate"], row["met"] + int(ok)
+    return row
+
+
 def bench_model(run_dir: str, name: str, args) -> list[dict]:
     data = load_run_data(run_dir)
     trained = load_trained(data, name, "cpu")
@@ -121,7 +165,7 @@ def bench_model(run_dir: str, name: str, args) -> list[dict]:
             model, images[sub], pairs.ks[sub], maps[sub], mean=mean, std=std, steps=args.steps
         )
 
-    reference = curves(fa.random_ranking(images.shape))
+    chance = curves(fa.random_ranking(images.shape))
     rows = [
         {
             "model": name,
@@ -129,45 +173,51 @@ def bench_model(run_dir: str, name: str, args) -> list[dict]:
             "kind": "reference",
             "layer": "-",
             "side": "-",
-            "deletion": float(reference.deletion_auc.mean()),
-            "insertion": float(reference.insertion_auc.mean()),
+            "deletion": float(chance.deletion_auc.mean()),
+            "insertion": float(chance.insertion_auc.mean()),
         }
     ]
-    for kind, layer in candidate_layers(model, size).items():
+    normal = np.asarray(data.images[sign_free_rows(data)])
+    references: dict[str, list[np.ndarray]] = {}
+    for kind, layer, method, use_ref in configurations(model, size):
         modules = [model.get_submodule(n) for n in layer.split("+")]
-        for method in CAM_METHODS:
-            start = time.perf_counter()
-            cams = gradcam(
-                model, images, pairs.ks, mean=mean, std=std, layer=modules, method=method
-            )
-            seconds = time.perf_counter() - start
-            summary = loc.summarize(score(data, pairs, cams.maps), data.targets)
-            row = {
-                "model": name,
-                "method": method,
-                "kind": kind,
-                "layer": layer,
-                "side": side_of(model, layer, size),
-                "ms_per_pair": 1000 * seconds / len(pairs.rows),
-                "mean_iou": float(np.mean([summary[t]["mean_iou"] for t in findings])),
-                "met": 0,
-            }
-            if kind in ("auto", "deepest"):
-                c = curves(cams.maps)
-                row["deletion"] = float(c.deletion_auc.mean())
-                row["insertion"] = float(c.insertion_auc.mean())
-            for t in findings:
-                s = summary[t]
-                ok = s["hit_rate"] >= 2 * s["random_point_hit_rate"] and (
-                    s["centre_point_hit_rate"] >= 0.5 or s["hit_rate"] > s["centre_point_hit_rate"]
-                )
-                row[t], row["met"] = s["hit_rate"], row["met"] + int(ok)
-            rows.append(row)
-            print(
-                f"  {name:20s} {method:10s} {kind:8s} {layer:22s} met {row['met']}/"
-                f"{len(findings)}  CAM {seconds:.1f} s",
-                flush=True,
-            )
+        if use_ref and layer not in references:
+            references[layer] = reference_activations(model, normal, modules, mean=mean, std=std)
+        reference = references[layer] if use_ref else None
+        start = time.perf_counter()
+        cams = gradcam(
+            model,
+            images,
+            pairs.ks,
+            mean=mean,
+            std=std,
+            layer=modules,
+            method=method,
+            reference=reference,
+        )
+        seconds = time.perf_counter() - start
+        summary = loc.summarize(score(data, pairs, cams.maps), data.targets)
+        label = f"{method}+ref" if use_ref else method
+        row = {
+            "model": name,
+            "method": label,
+            "kind": kind,
+            "layer": layer,
+            "side": side_of(model, layer, size),
+            "ms_per_pair": 1000 * seconds / len(pairs.rows),
+            "mean_iou": float(np.mean([summary[t]["mean_iou"] for t in findings])),
+            **hit_cells(summary, findings),
+        }
+        if kind in ("auto", "deepest"):
+            c = curves(cams.maps)
+            row["deletion"] = float(c.deletion_auc.mean())
+            row["insertion"] = float(c.insertion_auc.mean())
+        rows.append(row)
+        print(
+            f"  {name:20s} {label:13s} {kind:8s} {layer:22s} met {row['met']}/"
+            f"{len(findings)}  CAM {seconds:.1f} s",
+            flush=True,
+        )
     base = {"model": name, "kind": "baseline", "layer": "-", "side": "-"}
     rows.append(
         {
@@ -189,6 +239,120 @@ def bench_model(run_dir: str, name: str, args) -> list[dict]:
         r["findings"] = {t: counts[t] for t in findings}
         r["faith_pairs"] = len(sub)
     return rows
+
+
+@dataclass
+class Films:
+    """Films of one finding drawn with its sign alone and without it (same patient, shot)."""
+
+    signed: np.ndarray  # (N, S, S) uint8, cache size
+    clear: np.ndarray  # (N, S, S) uint8
+    boxes_px: list[np.ndarray]  # N arrays (1, 4) in cache pixels
+
+
+def draw_films(finding: str, n: int, film_size: int, size: int, seed: int = 1000) -> Films:
+    """`n` films holding one `finding` sign: patients, shots and signs drawn by the generator's
+    own samplers (AP one film in three, about the generator's mean rate; no sickness factor)."""
+    from cxrlab.data.imaging import resize_square
+    from cxrlab.synth.parameters import sample_anatomy, sample_shot
+    from cxrlab.synth.render import render_chest
+    from cxrlab.synth.signs import sample_sign
+
+    out = Films([], [], [])
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        anatomy = sample_anatomy(rng, female=bool(rng.random() < 0.44))
+        shot = sample_shot(rng, "AP" if rng.random() < 0.35 else "PA")
+        signed, boxes = render_chest(anatomy, shot, [sample_sign(finding, rng)], film_size)
+        if not boxes:  # the sign came out invisible
+            continue
+        clear, _ = render_chest(anatomy, shot, [], film_size)
+        out.signed.append(resize_square(signed, size)), out.clear.append(resize_square(clear, size))
+        b = boxes[0]
+        out.boxes_px.append(np.array([[b.x0, b.y0, b.x1, b.y1]]) * size)
+    out.signed, out.clear = np.stack(out.signed), np.stack(out.clear)
+    return out
+
+
+def logits_of(model, images: np.ndarray, k: int, mean, std) -> np.ndarray:
+    with torch.no_grad():
+        return model(to_model_input(images, mean, std))[:, k].numpy()  # (N,)
+
+
+def bench_films(run_dir: str, name: str, args) -> list[dict]:
+    """Pointing game of every configuration on one-sign films (see the module docstring)."""
+    data = load_run_data(run_dir)
+    trained = load_trained(data, name, "cpu")
+    model, mean, std = trained.model, trained.info["mean"], trained.info["std"]
+    size, targets = data.image_size, list(data.targets)
+    films = {t: draw_films(t, args.films, args.film_size, size) for t in targets}
+    base = {"model": name, "layer": "-", "side": "-", "findings": {}}
+    detects = {"method": "detects the sign", "kind": "baseline", **base}
+    for k, t in enumerate(targets):
+        f = films[t]
+        detects[t] = float(
+            np.mean(
+                logits_of(model, f.signed, k, mean, std) > logits_of(model, f.clear, k, mean, std)
+            )
+        )
+        base["findings"][t] = len(f.signed)
+    normal = np.asarray(data.images[sign_free_rows(data)])
+    rows, references = [], {}
+    for kind, layer, method, use_ref in configurations(model, size):
+        modules = [model.get_submodule(n) for n in layer.split("+")]
+        if use_ref and layer not in references:
+            references[layer] = reference_activations(model, normal, modules, mean=mean, std=std)
+        scores = []
+        for k, t in enumerate(targets):
+            f = films[t]
+            maps = gradcam(
+                model,
+                f.signed,
+                [k] * len(f.signed),
+                mean=mean,
+                std=std,
+                layer=modules,
+                method=method,
+                reference=references[layer] if use_ref else None,
+            ).maps
+            scores += [
+                loc.score_pair(str(i), t, m, b)
+                for i, (m, b) in enumerate(zip(maps, f.boxes_px, strict=True))
+            ]
+        summary = loc.summarize(scores, targets)
+        label = f"{method}+ref" if use_ref else method
+        rows.append(
+            {
+                **base,
+                "method": label,
+                "kind": kind,
+                "layer": layer,
+                "side": side_of(model, layer, size),
+                "mean_iou": float(np.mean([summary[t]["mean_iou"] for t in targets])),
+                **hit_cells(summary, targets),
+            }
+        )
+        print(
+            f"  films {name:20s} {label:13s} {kind:8s} met {rows[-1]['met']}/{len(targets)}",
+            flush=True,
+        )
+    rows.append(
+        {
+            **base,
+            "method": "random point",
+            "kind": "baseline",
+            **{t: summary[t]["random_point_hit_rate"] for t in targets},
+        }
+    )
+    rows.append(
+        {
+            **base,
+            "method": "centre point",
+            "kind": "baseline",
+            **{t: summary[t]["centre_point_hit_rate"] for t in targets},
+        }
+    )
+    return [*rows, detects]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -240,6 +404,8 @@ def main() -> None:
     parser.add_argument("--faith-pairs", type=int, default=8, help="curve pairs per finding")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared cores)")
     parser.add_argument("--csv", default=None, help="also write every row to this CSV")
+    parser.add_argument("--films", type=int, default=0, help="one-sign films per finding (0: none)")
+    parser.add_argument("--film-size", type=int, default=256, help="side the films are drawn at")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_run_data(args.run_dir)
@@ -258,6 +424,10 @@ def main() -> None:
         f"deletion/insertion: {rows[0]['faith_pairs']} pairs per model ({args.faith_pairs} "
         f"per finding), {args.steps} steps, at the auto and deepest layers"
     )
+    if args.films:
+        film_rows = [row for name in names for row in bench_films(args.run_dir, name, args)]
+        print(f"one-sign films, {args.films} drawn per finding at {args.film_size} px:")
+        print(markdown(film_rows))
 
 
 if __name__ == "__main__":

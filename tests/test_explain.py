@@ -19,7 +19,12 @@ import torch
 from cxrlab.errors import ConfigError, DataError, EvaluationError, ModelError
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
-from cxrlab.explain.gradcam import count_hooks, gradcam
+from cxrlab.explain.gradcam import (
+    REFERENCE_METHODS,
+    count_hooks,
+    gradcam,
+    reference_activations,
+)
 from cxrlab.models import create_model, resolve_normalization, target_layer_name
 from cxrlab.models.inference import to_model_input
 from helpers_run import make_tiny_run
@@ -161,6 +166,10 @@ def _disc_hits(maps, boxes, positives):
         ("efficientnet_lite0", 0.2, 1.2),  # measured: hit 0.30, IoU 1.37x the centre map's
         # Known gap (issue 16 open): measured hit 0.10 against a random point's 0.06 on
         # 2026-12-02. strict: the day ResNet-18's default map localizes, this must be updated.
+        # Why (2026-12-04): the model learns the disc (AUROC 0.98); auto is layer2 (8x8), and
+        # |d logit / d layer2| is >= 15x larger on cells (0|4, 0|4), where layer3's and
+        # layer4's stride-2 1x1 shortcuts read, than elsewhere: all 40 LayerCAM peaks lie there.
+        # Grad-CAM (gradients averaged per channel) at the same layer hits 0.57.
         pytest.param(
             "resnet18",
             0.2,
@@ -202,6 +211,61 @@ def test_every_cam_method_and_a_fused_layer_give_maps(method):
     assert count_hooks(model) == 0
     with pytest.raises(ConfigError, match="CAM method 'scorecam' is unknown; valid: gradcam"):
         gradcam(model, _random_images(1, 32), [0], method="scorecam")
+
+
+def _block_and_sign_films():
+    """16-px films: every one has a white 4x4 block (anatomy every film carries) at rows and
+    columns 1-4; the last one also a grey 4x4 sign (128) at rows and columns 10-13.
+    With a 1x1 identity conv, mean pooling and a unit head, the logit is the mean grey: the
+    block adds the most evidence, the sign is the only change from a sign-free film."""
+    films = np.zeros((4, 16, 16), dtype=np.uint8)
+    films[:, 1:5, 1:5] = 255
+    films[-1, 10:14, 10:14] = 128
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, 1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(1, 1),
+    )
+    with torch.no_grad():
+        for layer in (model[0], model[3]):
+            layer.weight.fill_(1.0), layer.bias.zero_()
+    return films, model.eval()
+
+
+@pytest.mark.parametrize("method", REFERENCE_METHODS)
+def test_a_reference_film_moves_the_map_from_anatomy_to_the_sign(method):
+    films, model = _block_and_sign_films()
+    unit = {"mean": [0.0], "std": [1.0]}
+    (reference,) = reference_activations(model, films[:-1], [model[0]], **unit)
+    np.testing.assert_allclose(reference, films[:1] / 255, atol=1e-6)  # (C=1, 16, 16)
+    plain = gradcam(model, films[-1:], [0], layer=model[0], method=method, **unit).maps[0]
+    changed = gradcam(
+        model, films[-1:], [0], layer=model[0], method=method, reference=[reference], **unit
+    ).maps[0]
+    assert loc.peak(plain) in {(r, c) for r in range(1, 5) for c in range(1, 5)}  # the block
+    assert loc.peak(changed) == (10, 10)  # the sign's first pixel in row order
+    assert changed[1:5, 1:5].max() == 0.0 and changed[10:14, 10:14].min() > 0.999
+    assert count_hooks(model) == 0 and model.training is False
+
+
+def test_a_reference_is_refused_where_it_has_no_meaning():
+    films, model = _block_and_sign_films()
+    unit = {"mean": [0.0], "std": [1.0]}
+    (reference,) = reference_activations(model, films[:-1], [model[0]], **unit)
+    with pytest.raises(ConfigError, match="'gradcam\\+\\+' takes no reference; .* gradcam"):
+        gradcam(
+            model, films, [0] * 4, layer=model[0], method="gradcam++", reference=[reference], **unit
+        )
+    with pytest.raises(DataError, match="got 2 reference maps for 1 hooked layers"):
+        gradcam(model, films, [0] * 4, layer=model[0], reference=[reference] * 2, **unit)
+    with pytest.raises(
+        DataError, match=r"shape \(1, 8, 8\) for activations of shape \(1, 16, 16\)"
+    ):
+        gradcam(model, films, [0] * 4, layer=model[0], reference=[reference[:, :8, :8]], **unit)
+    with pytest.raises(DataError, match="no images to make a reference from"):
+        reference_activations(model, films[:0], [model[0]], **unit)
+    assert count_hooks(model) == 0
 
 
 # ---- localization -----------------------------------------------------------------------------

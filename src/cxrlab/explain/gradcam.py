@@ -10,6 +10,14 @@ LayerCAM, EigenCAM); the default is `ExplainConfig.method`, chosen by measuremen
 `bench/bench_explain.py`. The hooked layer is by default `cxrlab.models.target_layer(model,
 S)`: the deepest feature stage whose map is at least 7x7 at the images' size S, for any
 family. Several layers are fused by the library (mean of their min-max scaled maps).
+
+`reference=` (from `reference_activations`, e.g. the mean over a run's sign-free training
+films) makes the map explain the change from a reference film instead of from an all-zero
+feature map: the hooked layer's activations minus the reference's, weighted by the method as
+usual. At the last feature map of a pooled linear head, Grad-CAM of that difference sums to
+logit(image) - logit(reference): the evidence the image adds, not the evidence every film
+carries (anatomy that raises the class score everywhere). Only for the methods whose weights
+are gradients alone (`REFERENCE_METHODS`); this reference is this project's own choice.
 Input is prepared exactly as for prediction:
 uint8 -> [0, 1] -> (x - mean) / std, shape (B, 1, S, S) (`models.inference.to_model_input`).
 
@@ -50,6 +58,11 @@ CAM_METHODS = {
     "eigencam": "EigenCAM",  # first principal component of the activations: class-agnostic
 }
 
+#: Methods that accept `reference=`: their maps are gradients times activations, so the
+#: activations may be a difference. Grad-CAM++ also weights by summed activations, and
+#: EigenCAM has no gradients, so a reference has no defined meaning for them.
+REFERENCE_METHODS = ("gradcam", "hirescam", "layercam")
+
 
 @dataclass(frozen=True)
 class CamResult:
@@ -70,6 +83,7 @@ def gradcam(
     method: CamMethod | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    reference: Sequence[np.ndarray] | None = None,
 ) -> CamResult:
     """CAM of `images_u8[i]` for class index `classes[i]`, for every i.
 
@@ -82,6 +96,8 @@ def gradcam(
         method: a `CAM_METHODS` name; default `ExplainConfig.method`.
         batch_size: pairs per forward/backward pass.
         progress: show a tqdm bar over batches.
+        reference: one (C, h, w) activation map per hooked layer (`reference_activations`);
+            the maps then explain the change from it. Default: none (from zero).
     """
     images_u8 = _check_images(images_u8)
     classes = np.asarray(classes, dtype=np.int64).reshape(-1)
@@ -99,7 +115,7 @@ def gradcam(
     probs: list[np.ndarray] = []
     starts = range(0, len(classes), batch_size)
     with _model_preserved(model, layers) as input_needs_grad:
-        cam = _make_cam(model, layers, method)
+        cam = _make_cam(model, layers, method, reference)
         try:
             for start in tqdm(starts, desc="grad-cam", disable=not progress, unit="batch"):
                 stop = start + batch_size
@@ -136,12 +152,93 @@ def _as_list(layer: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
     return [layer] if isinstance(layer, nn.Module) else list(layer)
 
 
-def _make_cam(model: nn.Module, layers: list[nn.Module], method: str):
+def _make_cam(
+    model: nn.Module,
+    layers: list[nn.Module],
+    method: str,
+    reference: Sequence[np.ndarray] | None = None,
+):
     import pytorch_grad_cam  # imported on use: it pulls in cv2 and matplotlib
 
     if method not in CAM_METHODS:
         raise ConfigError(f"CAM method {method!r} is unknown; valid: {', '.join(CAM_METHODS)}")
-    return getattr(pytorch_grad_cam, CAM_METHODS[method])(model=model, target_layers=layers)
+    cls = getattr(pytorch_grad_cam, CAM_METHODS[method])
+    if reference is None:
+        return cls(model=model, target_layers=layers)
+    if method not in REFERENCE_METHODS:
+        raise ConfigError(
+            f"CAM method {method!r} takes no reference; with a reference use one of "
+            f"{', '.join(REFERENCE_METHODS)}"
+        )
+    return _with_reference(cls, layers, reference)(model=model, target_layers=layers)
+
+
+def _with_reference(cls: type, layers: list[nn.Module], reference: Sequence[np.ndarray]) -> type:
+    """A subclass of the library's `cls` whose maps weight (activations - reference)."""
+    if len(reference) != len(layers):
+        raise DataError(f"got {len(reference)} reference maps for {len(layers)} hooked layers")
+    by_layer = {
+        id(layer): np.asarray(ref, dtype=np.float32)
+        for layer, ref in zip(layers, reference, strict=True)
+    }
+
+    class Referenced(cls):
+        def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, smooth):
+            ref = by_layer[id(target_layer)]  # (C, h, w); activations (B, C, h, w)
+            if activations.shape[1:] != ref.shape:
+                raise DataError(
+                    f"reference map of shape {ref.shape} for activations of shape "
+                    f"{activations.shape[1:]}; make it from images of the same size"
+                )
+            return super().get_cam_image(
+                input_tensor, target_layer, targets, activations - ref, grads, smooth
+            )
+
+    return Referenced
+
+
+def reference_activations(
+    model: nn.Module,
+    images_u8: np.ndarray,
+    layers: Sequence[nn.Module],
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    batch_size: int = 16,
+) -> list[np.ndarray]:
+    """Mean activation of each of `layers` over `images_u8`: one (C, h, w) float32 map each.
+
+    The reference film for `gradcam(..., reference=)`, e.g. the run's training images
+    without any target finding. Forward passes only, in eval mode (the model's mode and
+    hooks are restored).
+    """
+    images_u8 = _check_images(images_u8)
+    if len(images_u8) == 0:
+        raise DataError("no images to make a reference from; pass at least one")
+    if mean is None or std is None:
+        mean, std = resolve_normalization(model)
+    sums: dict[int, torch.Tensor] = {}
+
+    def keep(i: int):
+        def hook(_module, _inputs, out: torch.Tensor) -> None:
+            total = out.detach().double().sum(0).cpu()  # (C, h, w)
+            sums[i] = total if i not in sums else sums[i] + total
+
+        return hook
+
+    handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(images_u8), batch_size):
+                model(to_model_input(images_u8[start : start + batch_size], mean, std).to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [(sums[i] / len(images_u8)).float().numpy() for i in range(len(layers))]
 
 
 def _cam_batch(
