@@ -662,3 +662,59 @@ def test_explain_records_the_method_and_layer_it_used(run_copy):
     assert (scores["method"], scores["layer"]) == ("hirescam", "stages.0+stages.1")
     with pytest.raises(ModelError, match="no module named stages.7"):
         explain_model(run_copy, "simple_cnn", per_group=0, progress=False, layer="stages.7")
+
+
+def test_the_stage_maps_the_change_from_the_clean_training_films_when_asked(run_copy, monkeypatch):
+    """--reference: the reference is the hooked layer's mean over exactly the training images
+    without any target finding, it reaches every CAM, and it is recorded."""
+    from cxrlab.data.rundata import load_run_data
+    from cxrlab.explain import workflow
+    from cxrlab.explain.gradcam import reference_activations
+    from cxrlab.models import resolve_cam_layers
+    from cxrlab.models.checkpoint import load_trained
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("reference"))
+        return gradcam(*args, **kwargs)
+
+    monkeypatch.setattr(workflow, "gradcam", spy)
+    result = workflow.explain_model(run_copy, "simple_cnn", per_group=1, method="gradcam",
+                                    reference=True, progress=False)  # fmt: skip
+    data = load_run_data(run_copy)
+    train = data.rows("train")
+    clean = train[data.labels[train].sum(axis=1) == 0]
+    assert 0 < clean.size < train.size
+    assert result["reference"]["images"] == clean.size
+    saved = json.loads((Path(result["out_dir"]) / "localization.json").read_text())
+    assert saved["reference"] == result["reference"]
+    trained = load_trained(data, "simple_cnn")
+    layers = [trained.model.get_submodule(n)
+              for n in resolve_cam_layers(trained.model, "auto", data.image_size)]  # fmt: skip
+    expected = reference_activations(trained.model, data.images[clean], layers)
+    assert seen and all(r is not None for r in seen)
+    for got, want in zip(seen[0], expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    plain = workflow.explain_model(run_copy, "simple_cnn", per_group=1, method="gradcam",
+                                   progress=False)  # fmt: skip
+    assert plain["reference"] is None and seen[-1] is None
+    with pytest.raises(ConfigError, match="--reference needs method"):
+        workflow.explain_model(run_copy, "simple_cnn", method="eigencam", reference=True,
+                               progress=False)  # fmt: skip
+    cohort = _cohort(run_copy)
+    cohort.loc[cohort["split"] == "train", "Atelectasis"] = 1
+    cohort.to_csv(run_copy / "data" / "cohort.csv", index=False)
+    with pytest.raises(DataError, match="free of every target"):
+        workflow.explain_model(run_copy, "simple_cnn", reference=True, progress=False)
+
+
+def test_the_report_names_the_cam_method_layer_and_reference():
+    from cxrlab.report.views import cam_setting
+
+    head = {"method": "gradcam", "layer": "stages.1"}
+    assert cam_setting({"localization": head}) == "gradcam at stages.1"
+    referenced = {**head, "reference": {"images": 12, "from": "training images without any target"}}
+    text = cam_setting({"localization": referenced})
+    assert text.startswith("gradcam at stages.1; change from") and "mean of 12 training" in text
+    assert cam_setting({"localization": None, "index": None}) is None

@@ -394,6 +394,7 @@ def explain(
     cam_threshold: float = _EXPLAIN.cam_threshold,
     method: CamMethod = _EXPLAIN.method,
     layer: str = _EXPLAIN.layer,
+    reference: bool = _EXPLAIN.reference,
     device: Device = _EXPLAIN.device,
     batch_size: int = _EXPLAIN.batch_size,
     progress: bool = True,
@@ -403,6 +404,8 @@ def explain(
 
     images: Image Index values to explain for every target (into explain/images/), instead
         of the split's gallery of top true/false positives and missed positives.
+    reference: maps of the change from the mean training film without any target finding
+        (method gradcam, hirescam or layercam).
     """
     from cxrlab.explain.workflow import explain_model
 

@@ -416,6 +416,9 @@ class ExplainConfig(_Section):
     cam_threshold: float = Field(0.5, ge=0, le=1)  # IoU: map region >= this share of peak
     method: CamMethod = "layercam"  # chosen by bench/bench_explain.py (docs/benchmarks.md)
     layer: str = "auto"  # auto: deepest stage >= 7x7 at the run's size; or names joined by +
+    # Maps of the change from a reference film: the layer's mean activation over the training
+    # images without any target finding (gradcam, hirescam, layercam; docs/benchmarks.md)
+    reference: bool = False
     device: Device = "auto"
     batch_size: int = Field(16, ge=1)  # images per Grad-CAM forward/backward pass
 

@@ -47,6 +47,13 @@ def explain_command(
         help="Layer to hook: auto (deepest stage >= 7x7 at the run's size), a module name, "
         "or names joined by + (fused).",
     ),
+    reference: bool = from_config(
+        ExplainConfig,
+        "reference",
+        "--reference/--no-reference",
+        help="Map the change from a reference film (the mean over training images without "
+        "any target finding) instead of from zero: the evidence this image adds.",
+    ),
     device: Device = from_config(ExplainConfig, "device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 
 from cxrlab.config import ExplainConfig, with_overrides
 from cxrlab.data.rundata import RunData, load_run_data
-from cxrlab.errors import DataError, EvaluationError
+from cxrlab.errors import ConfigError, DataError, EvaluationError
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
-from cxrlab.explain.gradcam import gradcam
+from cxrlab.explain.gradcam import REFERENCE_METHODS, gradcam, reference_activations
 from cxrlab.labels import IMAGE_INDEX
 from cxrlab.models import resolve_cam_layers
 from cxrlab.rundir import EXPLAIN_INDEX, LOCALIZATION_FILE
@@ -46,6 +46,7 @@ from cxrlab.runinfo import write_atomic, write_json
 log = logging.getLogger(__name__)
 
 REQUESTED = "requested"  # the group of images named by the user
+REFERENCE_IMAGES = 512  # at most this many films are averaged into the reference
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Context:
     cam_threshold: float = loc.DEFAULT_CAM_THRESHOLD
     method: str = "gradcam"
     layers: list[str] = field(default_factory=list)  # hooked module names (fused if several)
+    reference: list[np.ndarray] | None = None  # (C, h, w) per hooked layer, or none
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,6 +104,7 @@ def explain_model(
     ctx.tolerance_px, ctx.cam_threshold = tolerance_px, cam_threshold
     ctx.method = options.method
     ctx.layers = resolve_cam_layers(ctx.model, options.layer, ctx.data.image_size)
+    reference = _reference(ctx, batch_size) if options.reference else None
     if wanted:
         jobs = _requested_jobs(ctx, wanted)
         thresholds: dict[str, float] = {}
@@ -118,6 +121,7 @@ def explain_model(
         "method": ctx.method,
         "layer": "+".join(ctx.layers),  # the hooked module(s); the report shows this
         "layer_option": options.layer,
+        "reference": reference,
         "tolerance_px": tolerance_px,
         "cam_threshold": cam_threshold,
     }
@@ -182,6 +186,29 @@ def _read_boxes(path: Path, targets: Sequence[str], notes: list[str]) -> dict:
         (image, label): loc.boxes_in_pixels(part, 1)  # normalised; times S when used
         for (image, label), part in frame.groupby([IMAGE_INDEX, "label"], sort=False)
     }
+
+
+def _reference(ctx: _Context, batch_size: int) -> dict:
+    """Set ctx.reference: the hooked layers' mean activation over the training images
+    without any target finding (at most REFERENCE_IMAGES of them, evenly spaced)."""
+    if ctx.method not in REFERENCE_METHODS:
+        raise ConfigError(
+            f"--reference needs method {', '.join(REFERENCE_METHODS)}; got {ctx.method!r}"
+        )
+    train = ctx.data.rows("train")
+    clean = train[ctx.data.labels[train].sum(axis=1) == 0]
+    if clean.size == 0:
+        raise DataError(
+            f"no training image of {ctx.run_dir} is free of every target "
+            f"({', '.join(ctx.data.targets)}): no reference film to make; use --no-reference"
+        )
+    chosen = clean[np.linspace(0, clean.size - 1, min(clean.size, REFERENCE_IMAGES)).astype(int)]
+    layers = [ctx.model.get_submodule(name) for name in ctx.layers]
+    ctx.reference = reference_activations(
+        ctx.model, ctx.data.images[np.unique(chosen)], layers, mean=ctx.info["mean"],
+        std=ctx.info["std"], batch_size=batch_size,
+    )  # fmt: skip
+    return {"images": int(np.unique(chosen).size), "from": "training images without any target"}
 
 
 # ---- what to explain --------------------------------------------------------------------------
@@ -284,6 +311,7 @@ def _run_jobs(ctx: _Context, jobs: _Jobs, thresholds: dict, batch_size: int, pro
             layer=[ctx.model.get_submodule(name) for name in ctx.layers],
             method=ctx.method,
             batch_size=batch_size,
+            reference=ctx.reference,
         )
         for i, (row, k) in enumerate(chunk):
             score = _score(ctx, row, k, cams.maps[i])

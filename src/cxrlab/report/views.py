@@ -297,3 +297,16 @@ def calibration(cal: dict) -> dict | None:
         "nll": cal.get("nll"),
         "n_bins": cal.get("n_bins"),
     }
+
+
+def cam_setting(block: dict) -> str | None:
+    """'layercam at blocks.4' (+ the reference film, when used) from localization.json."""
+    head = block.get("localization") or block.get("index") or {}
+    if not head.get("method"):
+        return None
+    text = f"{head['method']} at {head.get('layer') or 'auto'}"
+    reference = head.get("reference")
+    if reference:
+        films = f"{reference['images']} {reference['from']}"
+        text += f"; change from a reference film: the mean of {films}"
+    return text
