@@ -699,7 +699,7 @@ def test_the_stage_maps_the_change_from_the_clean_training_films_when_asked(run_
     plain = workflow.explain_model(run_copy, "simple_cnn", per_group=1, method="gradcam",
                                    progress=False)  # fmt: skip
     assert plain["reference"] is None and seen[-1] is None
-    with pytest.raises(ConfigError, match="--reference needs method"):
+    with pytest.raises(ConfigError, match=r"reference \(--reference\) needs method gradcam"):
         workflow.explain_model(run_copy, "simple_cnn", method="eigencam", reference=True,
                                progress=False)  # fmt: skip
     cohort = _cohort(run_copy)

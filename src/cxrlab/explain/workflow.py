@@ -193,7 +193,8 @@ def _reference(ctx: _Context, batch_size: int) -> dict:
     without any target finding (at most REFERENCE_IMAGES of them, evenly spaced)."""
     if ctx.method not in REFERENCE_METHODS:
         raise ConfigError(
-            f"--reference needs method {', '.join(REFERENCE_METHODS)}; got {ctx.method!r}"
+            f"a reference (--reference) needs method {', '.join(REFERENCE_METHODS)}; "
+            f"got {ctx.method!r}"
         )
     train = ctx.data.rows("train")
     clean = train[ctx.data.labels[train].sum(axis=1) == 0]
