@@ -296,11 +296,6 @@ def scored_part(base: RunData, rows: np.ndarray) -> SimpleNamespace:
     )
 
 
-def summarize(base: RunData, fold: np.ndarray, probs: np.ndarray, n_boot: int) -> dict:
-    """Pooled and per-fold AUROC, as `cxrlab crossval` reports them."""
-    return score_folds(base, fold, probs, n_boot)
-
-
 def pairs(
     base: RunData, oof: dict[str, np.ndarray], n_boot: int, against: str | None = None
 ) -> dict[str, dict]:
@@ -425,7 +420,7 @@ def main() -> None:
     scored = fold < (args.score_folds or args.folds)  # all images, or the first folds' only
     oof = {name: probs[scored] for name, probs in oof.items()}
     base, fold = scored_part(base, scored), fold[scored]
-    results = {r: summarize(base, fold, p, args.bootstrap) for r, p in oof.items()}
+    results = {r: score_folds(base, fold, p, args.bootstrap) for r, p in oof.items()}
     deltas = pairs(base, oof, args.bootstrap, args.against)
     text = markdown(base, results, deltas, args)
     print(text)

@@ -333,7 +333,7 @@ def crossval(
     saw its patient (`cxrlab crossval`). The result reads crossval/NAME back: `.table` (pooled
     out-of-fold AUROC with patient-bootstrap CIs), `.folds` (each fold's macro AUROC),
     `.predictions`, `.summary`; with `against`, `.against` holds the paired difference
-    `name - against` on the same folds."""
+    `name - against` on the same folds (with every other pair saved for NAME)."""
     from cxrlab.crossval import compare_crossval, config_of
     from cxrlab.crossval import crossval as run_crossval
 
@@ -341,8 +341,9 @@ def crossval(
     root = _root(run)
     experiment = config_of(root, name, config)
     done = run_crossval(root, experiment, name, options, overwrite=overwrite, progress=progress)
-    paired = {against: compare_crossval(root, name, against, options)} if against else {}
-    return CrossValidation(done.folder, paired)
+    if against:
+        compare_crossval(root, name, against, options)  # saved beside it: `.paired`, `.against`
+    return CrossValidation(done.folder)
 
 
 def analyze(

@@ -10,7 +10,7 @@ Public through `cxrlab` (see `cxrlab.api`); importing this module loads no torch
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -290,13 +290,18 @@ class CrossValidation:
     image's out-of-fold probabilities, and paired differences against other configs."""
 
     path: Path
-    #: {other name: paired patient-bootstrap difference name - other} (API's `against`)
-    paired: dict = field(default_factory=dict, compare=False)
 
     @cached_property
     def summary(self) -> dict:
         """crossval.json: options, config, pooled AUROC with CIs, fold sizes and scores."""
         return _read_json(self.path / CROSSVAL_FILE)
+
+    @property
+    def paired(self) -> dict:
+        """{other: paired patient-bootstrap difference name - other}, as `--against` saved it."""
+        paths = RunDir(self.path.parent.parent)
+        saved = [_read_json(p) for p in paths.crossval_pairs(self.path.name)]
+        return {pair["b"]: pair for pair in saved}
 
     @property
     def table(self):

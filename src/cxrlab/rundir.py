@@ -258,7 +258,7 @@ class RunDir:
     # ---- crossval/ (written by crossval) ------------------------------------------------
     def crossval(self, name: str) -> Path:
         """crossval/<name>: fold<f>/ (a run directory each), fold<f>.npz, the summary."""
-        return self.root / "crossval" / check_folder_name(name)
+        return self.crossval_root / check_folder_name(name)
 
     @property
     def crossval_root(self) -> Path:
@@ -274,7 +274,7 @@ class RunDir:
 
     def crossval_lock(self, name: str) -> Path:
         """Held by the `crossval` writing crossval/<name> (beside it: --overwrite removes it)."""
-        return self.root / "crossval" / f".{check_folder_name(name)}{LOCK_FILE}"
+        return self.crossval_root / f".{check_folder_name(name)}{LOCK_FILE}"
 
     # ---- analysis/, study files -------------------------------------------------------
     def analysis(self, name: str) -> Path:

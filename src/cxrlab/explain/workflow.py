@@ -203,13 +203,14 @@ def _reference(ctx: _Context, batch_size: int) -> dict:
             f"no training image of {ctx.run_dir} is free of every target "
             f"({', '.join(ctx.data.targets)}): no reference film to make; use --no-reference"
         )
+    # evenly spaced, distinct (the spacing is >= 1 row)
     chosen = clean[np.linspace(0, clean.size - 1, min(clean.size, REFERENCE_IMAGES)).astype(int)]
     layers = [ctx.model.get_submodule(name) for name in ctx.layers]
     ctx.reference = reference_activations(
-        ctx.model, ctx.data.images[np.unique(chosen)], layers, mean=ctx.info["mean"],
-        std=ctx.info["std"], batch_size=batch_size,
+        ctx.model, ctx.data.images[chosen], layers, mean=ctx.info["mean"], std=ctx.info["std"],
+        batch_size=batch_size,
     )  # fmt: skip
-    return {"images": int(np.unique(chosen).size), "from": "training images without any target"}
+    return {"images": int(chosen.size), "from": "training images without any target"}
 
 
 # ---- what to explain --------------------------------------------------------------------------

@@ -151,6 +151,16 @@ def markdown_html(text: str | None, shift: int = 2) -> Markup | None:
     return Markup(md.renderer.render(tokens, md.options, {}))
 
 
+def named_paired_table(paired: dict, a: str, b: str) -> pd.DataFrame:
+    """`paired_table` of a paired bootstrap, its A/B columns named after the two models."""
+    from cxrlab.evaluate.tables import paired_table
+
+    return paired_table(paired).rename(
+        columns={"AUROC A": f"AUROC {a}", "AUROC B": f"AUROC {b}",
+                 "ΔAUROC (A - B)": "ΔAUROC [95% CI]"}
+    )  # fmt: skip
+
+
 class Page:
     """Turns collected artifacts into the template's context; embeds images as it goes."""
 
@@ -318,8 +328,6 @@ class Page:
         """Pooled out-of-fold AUROC per cross-validated config, and their saved pairs."""
         if not blocks:
             return None
-        from cxrlab.evaluate.tables import paired_table
-
         rows = []
         for block in blocks:
             s = block["summary"]
@@ -330,9 +338,7 @@ class Page:
                          "n_patients": s.get("n_patients")})  # fmt: skip
         pairs = [
             {"a": p["a"], "b": p["b"], "n_boot": p.get("n_boot"),
-             "table": frame_html(paired_table(p).rename(columns={
-                 "AUROC A": f"AUROC {p['a']}", "AUROC B": f"AUROC {p['b']}",
-                 "ΔAUROC (A - B)": "ΔAUROC [95% CI]"}))}
+             "table": frame_html(named_paired_table(p, p["a"], p["b"]))}
             for block in blocks for p in block["pairs"]
         ]  # fmt: skip
         targets = list(dict.fromkeys(t for b in blocks for t in b["summary"]["targets"]))
@@ -341,20 +347,15 @@ class Page:
     def comparison_view(self, comparison: dict | None) -> dict | None:
         if comparison is None:
             return None
-        from cxrlab.evaluate.tables import DELONG_COLUMN, paired_table
+        from cxrlab.evaluate.tables import DELONG_COLUMN
 
         s = comparison["summary"]
         keys = [*s["targets"], summary.MACRO]
         best = {k: (s.get("best") or {}).get(k, {}).get("model") for k in keys}
         pairs = []
         for label, pair in s["pairs"].items():
-            frame = paired_table(pair["paired_bootstrap"]).rename(
-                columns={
-                    "AUROC A": f"AUROC {pair['a']}",
-                    "AUROC B": f"AUROC {pair['b']}",
-                    "ΔAUROC (A - B)": "ΔAUROC [95% CI]",
-                    "p": "bootstrap p",
-                }
+            frame = named_paired_table(pair["paired_bootstrap"], pair["a"], pair["b"]).rename(
+                columns={"p": "bootstrap p"}
             )
             frame[DELONG_COLUMN] = [
                 summary.fmt_p((pair.get("delong") or {}).get(c, {}).get("p_value"))
