@@ -16,6 +16,7 @@ from PIL import Image
 
 from cxrlab.errors import ModelError, WeightsUnavailableError
 from cxrlab.models import (
+    COARSE_CAM_SIDE,
     MIN_CAM_SIDE,
     RECOMMENDED_MODELS,
     SimpleCNN,
@@ -26,8 +27,9 @@ from cxrlab.models import (
     resolve_cam_layers,
     resolve_normalization,
     stage_sides,
-    target_layer,
     target_layer_name,
+    target_layer_names,
+    target_layers,
 )
 from cxrlab.models.weights import LITE0_TENSORS, lite0_checkpoint_path, lite0_state_dict
 
@@ -89,7 +91,8 @@ def test_layers_resolve_and_cam_layer_outputs_the_final_feature_map(name):
     assert [f["module"] for f in model.feature_info] == layers[:-1]
 
     seen = []
-    handle = target_layer(model).register_forward_hook(lambda m, i, out: seen.append(out.shape))
+    (deepest,) = target_layers(model)  # no size: the deepest stage alone
+    handle = deepest.register_forward_hook(lambda m, i, out: seen.append(out.shape))
     with torch.no_grad():
         feats = model.forward_features(torch.zeros(1, 1, 64, 64))
     handle.remove()
@@ -435,15 +438,16 @@ def test_new_heads_start_near_zero_so_first_logits_are_small(name):
 
 
 @pytest.mark.parametrize("name", list(RECOMMENDED_MODELS))
-def test_cam_layer_map_is_the_deepest_at_least_7x7_at_112_and_224(name):
+def test_cam_layers_are_the_deepest_at_least_14x14_and_7x7_at_112_and_224(name):
     model = create_model(name, K).eval()
     for size in (112, 224):
         seen: dict[str, int] = {}
+        names = target_layer_names(model, size)
         handles = [
             model.get_submodule(n).register_forward_hook(
                 lambda m, i, out, n=n, seen=seen: seen.__setitem__(n, out.shape[-1])
             )
-            for n in {*list_layers(model)[:-1], target_layer_name(model, size)}
+            for n in {*list_layers(model)[:-1], *names}
         ]
         with torch.no_grad():
             model(torch.zeros(1, 1, size, size))
@@ -451,20 +455,24 @@ def test_cam_layer_map_is_the_deepest_at_least_7x7_at_112_and_224(name):
             handle.remove()
         for stage, bound in stage_sides(model, size).items():  # floor: pooling; ceil: padding
             assert bound <= seen[stage] <= bound + 1, (size, stage, bound, seen)
-        chosen = target_layer_name(model, size)
-        assert seen[chosen] >= MIN_CAM_SIDE == 7, (size, chosen, seen)
         stages = list_layers(model)[:-1]
-        deeper = stages[stages.index(chosen) + 1 :] if chosen in stages else []  # else: final map
-        assert all(seen[n] < 7 for n in deeper), (size, chosen, seen)  # the deepest such
-    assert target_layer_name(model) == target_layer_name(model, 10_000)  # no size: deepest
+        for min_side in (MIN_CAM_SIDE, COARSE_CAM_SIDE):
+            chosen = target_layer_name(model, size, min_side=min_side)
+            assert chosen in names and seen[chosen] >= min_side >= 7, (size, chosen, seen)
+            deeper = stages[stages.index(chosen) + 1 :] if chosen in stages else []  # else final
+            assert all(seen[n] < min_side for n in deeper), (size, chosen, seen)  # the deepest
+        assert len(names) == len(set(names)) in (1, 2)
+    assert target_layer_names(model) == [target_layer_name(model)]  # no size: the deepest
 
 
 def test_lite0_cam_layer_at_112_and_224_and_layer_options():
     model = create_model("efficientnet_lite0", K)
     assert stage_sides(model, 112)["blocks.6"] == 3  # a bound of the 4x4 map of issue 16
-    assert target_layer_name(model, 112) == "blocks.4"  # 7x7
-    assert target_layer_name(model, 224) == "bn2"  # the deepest stage is 7x7: the pooled map
-    assert resolve_cam_layers(model, "auto", 112) == ["blocks.4"]
+    assert target_layer_name(model, 112) == "blocks.2"  # 14x14
+    assert target_layer_name(model, 224) == "blocks.4"  # 14x14
+    assert target_layer_name(model, 224, min_side=7) == "bn2"  # 7x7: the pooled map
+    assert resolve_cam_layers(model, "auto", 112) == ["blocks.2", "blocks.4"]  # fused
+    assert resolve_cam_layers(model, "auto", 224) == ["blocks.4", "bn2"]
     assert resolve_cam_layers(model, "blocks.4+bn2") == ["blocks.4", "bn2"]
     with pytest.raises(ModelError, match=r"no module named blocks\.9; use auto.*blocks\.4"):
         resolve_cam_layers(model, "blocks.4+blocks.9")

@@ -7,9 +7,12 @@ image, so a batch costs one forward and one backward pass whatever the class mix
 
 `method` names one of the library's CAMs (`CAM_METHODS`: Grad-CAM, Grad-CAM++, HiResCAM,
 LayerCAM, EigenCAM); the default is `ExplainConfig.method`, chosen by measurement in
-`bench/bench_explain.py`. The hooked layer is by default `cxrlab.models.target_layer(model,
-S)`: the deepest feature stage whose map is at least 7x7 at the images' size S, for any
-family. Several layers are fused by the library (mean of their min-max scaled maps).
+`bench/bench_explain.py`. The hooked layers are by default `cxrlab.models.target_layers(model,
+S)`: the deepest feature stages whose maps are at least 14 and at least 7 cells wide at the
+images' size S, for any family, fused by the library (mean of their min-max scaled maps).
+This function maps from zero unless given `reference=`; the explain stage, `Predictor.cam`
+and serve pass the model's stored reference film (`cxrlab.explain.reference`), which is the
+project's default.
 
 `reference=` (from `reference_activations`, e.g. the mean over a run's sign-free training
 films) makes the map explain the change from a reference film instead of from an all-zero
@@ -44,7 +47,7 @@ from tqdm.auto import tqdm
 
 from cxrlab.config import CamMethod, ExplainConfig
 from cxrlab.errors import ConfigError, DataError, ModelError
-from cxrlab.models import resolve_normalization, target_layer
+from cxrlab.models import resolve_normalization, target_layers
 from cxrlab.models.inference import to_model_input
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,7 @@ def gradcam(
         images_u8: (N, S, S) uint8 grey images, e.g. rows of the run's cache.
         classes: N class indices in [0, K), one per image (repeat an image for more classes).
         mean, std: normalisation of the checkpoint; default `resolve_normalization(model)`.
-        layer: module(s) to hook; default `cxrlab.models.target_layer(model, S)`.
+        layer: module(s) to hook; default `cxrlab.models.target_layers(model, S)` (fused).
         method: a `CAM_METHODS` name; default `ExplainConfig.method`.
         batch_size: pairs per forward/backward pass.
         progress: show a tqdm bar over batches.
@@ -109,7 +112,7 @@ def gradcam(
     if mean is None or std is None:
         mean, std = resolve_normalization(model)
     size = images_u8.shape[-1]
-    layers = [target_layer(model, size)] if layer is None else _as_list(layer)
+    layers = target_layers(model, size) if layer is None else _as_list(layer)
     method = ExplainConfig.model_fields["method"].default if method is None else method
     maps = np.zeros((len(classes), size, size), dtype=np.float32)
     probs: list[np.ndarray] = []

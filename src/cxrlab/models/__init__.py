@@ -5,6 +5,7 @@ Grad-CAM) never special-cases an architecture.
 """
 
 from cxrlab.models.factory import (
+    COARSE_CAM_SIDE,
     MIN_CAM_SIDE,
     PENULTIMATE,
     RECOMMENDED_MODELS,
@@ -15,13 +16,15 @@ from cxrlab.models.factory import (
     resolve_cam_layers,
     resolve_normalization,
     stage_sides,
-    target_layer,
     target_layer_name,
+    target_layer_names,
+    target_layers,
 )
 from cxrlab.models.simple_cnn import SimpleCNN
 from cxrlab.models.weights import LoadReport, load_lite0_imagenet, load_weights
 
 __all__ = [
+    "COARSE_CAM_SIDE",
     "MIN_CAM_SIDE",
     "PENULTIMATE",
     "RECOMMENDED_MODELS",
@@ -36,6 +39,7 @@ __all__ = [
     "resolve_cam_layers",
     "resolve_normalization",
     "stage_sides",
-    "target_layer",
     "target_layer_name",
+    "target_layer_names",
+    "target_layers",
 ]
