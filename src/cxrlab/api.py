@@ -406,7 +406,7 @@ def explain(
     images: Image Index values to explain for every target (into explain/images/), instead
         of the split's gallery of top true/false positives and missed positives.
     reference: maps of the change from the mean training film without any target finding
-        (method gradcam, hirescam or layercam).
+        (the default; methods gradcam, hirescam and layercam, the others run without it).
     """
     from cxrlab.explain.workflow import explain_model
 

@@ -4,7 +4,8 @@ A run directory is the contract between stages (docs/ARCHITECTURE.md):
 
     RUN_DIR/
       data/        cohort.csv, split_summary.json, prepare.json, boxes.csv, cache/
-      models/<name>/   best.ckpt, last.ckpt, config.yaml, run.json, metrics.csv, thresholds.json
+      models/<name>/   best.ckpt, last.ckpt, config.yaml, run.json, metrics.csv, thresholds.json,
+                       cam_reference.safetensors
       reports/<name>/<split>/   predictions.csv/.json, metrics.json, tables, figures/
       reports/<name>/explain/   Grad-CAM overlays, localization.json
       reports/compare/<split>/  comparison.json, figures/
@@ -34,6 +35,7 @@ CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 METRICS_CSV = "metrics.csv"
 THRESHOLDS_FILE = "thresholds.json"
+CAM_REFERENCE_FILE = "cam_reference.safetensors"  # models/<name>/ and export folders
 PREDICTIONS_FILE = "predictions.csv"
 PREDICTIONS_META = "predictions.json"
 METRICS_FILE = "metrics.json"
@@ -120,6 +122,11 @@ class ModelDir:
     @property
     def thresholds(self) -> Path:
         return self.path / THRESHOLDS_FILE
+
+    @property
+    def cam_reference(self) -> Path:
+        """The CAM's reference film (cxrlab.explain.reference), made on first use."""
+        return self.path / CAM_REFERENCE_FILE
 
     @property
     def lock(self) -> Path:

@@ -44,7 +44,8 @@ def explain_command(
     layer: str = from_config(
         ExplainConfig,
         "layer",
-        help="Layer to hook: auto (deepest stage >= 7x7 at the run's size), a module name, "
+        help="Layer to hook: auto (the deepest stages >= 14x14 and >= 7x7 at the run's size, "
+        "fused), a module name, "
         "or names joined by + (fused).",
     ),
     reference: bool = from_config(
@@ -52,7 +53,8 @@ def explain_command(
         "reference",
         "--reference/--no-reference",
         help="Map the change from a reference film (the mean over training images without "
-        "any target finding) instead of from zero: the evidence this image adds.",
+        "any target finding) instead of from zero: the evidence this image adds. Kept in "
+        "models/NAME/cam_reference.safetensors; only gradcam, hirescam and layercam take it.",
     ),
     device: Device = from_config(ExplainConfig, "device", help=DEVICE_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),

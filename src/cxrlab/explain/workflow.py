@@ -34,10 +34,11 @@ from tqdm.auto import tqdm
 
 from cxrlab.config import ExplainConfig, with_overrides
 from cxrlab.data.rundata import RunData, load_run_data
-from cxrlab.errors import ConfigError, DataError, EvaluationError
+from cxrlab.errors import DataError, EvaluationError
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
-from cxrlab.explain.gradcam import REFERENCE_METHODS, gradcam, reference_activations
+from cxrlab.explain.gradcam import REFERENCE_METHODS, gradcam
+from cxrlab.explain.reference import model_reference
 from cxrlab.labels import IMAGE_INDEX
 from cxrlab.models import resolve_cam_layers
 from cxrlab.rundir import EXPLAIN_INDEX, LOCALIZATION_FILE
@@ -46,7 +47,6 @@ from cxrlab.runinfo import write_atomic, write_json
 log = logging.getLogger(__name__)
 
 REQUESTED = "requested"  # the group of images named by the user
-REFERENCE_IMAGES = 512  # at most this many films are averaged into the reference
 
 
 @dataclass
@@ -188,29 +188,26 @@ def _read_boxes(path: Path, targets: Sequence[str], notes: list[str]) -> dict:
     }
 
 
-def _reference(ctx: _Context, batch_size: int) -> dict:
-    """Set ctx.reference: the hooked layers' mean activation over the training images
-    without any target finding (at most REFERENCE_IMAGES of them, evenly spaced)."""
+def _reference(ctx: _Context, batch_size: int) -> dict | None:
+    """Set ctx.reference to the model's stored reference film for the hooked layers (made on
+    first use: `explain.reference.model_reference`); None, with a note, where the method takes
+    no reference or no training image is free of every target."""
     if ctx.method not in REFERENCE_METHODS:
-        raise ConfigError(
-            f"a reference (--reference) needs method {', '.join(REFERENCE_METHODS)}; "
-            f"got {ctx.method!r}"
+        ctx.notes.append(
+            f"{ctx.method} takes no reference film (only {', '.join(REFERENCE_METHODS)}): "
+            "its maps are from an all-zero feature map"
         )
-    train = ctx.data.rows("train")
-    clean = train[ctx.data.labels[train].sum(axis=1) == 0]
-    if clean.size == 0:
-        raise DataError(
-            f"no training image of {ctx.run_dir} is free of every target "
-            f"({', '.join(ctx.data.targets)}): no reference film to make; use --no-reference"
+        return None
+    folder = ctx.data.paths.model(ctx.name)
+    try:
+        reference = model_reference(
+            folder, ctx.data, ctx.model, ctx.info, ctx.layers, batch_size=batch_size
         )
-    # evenly spaced, distinct (the spacing is >= 1 row)
-    chosen = clean[np.linspace(0, clean.size - 1, min(clean.size, REFERENCE_IMAGES)).astype(int)]
-    layers = [ctx.model.get_submodule(name) for name in ctx.layers]
-    ctx.reference = reference_activations(
-        ctx.model, ctx.data.images[chosen], layers, mean=ctx.info["mean"], std=ctx.info["std"],
-        batch_size=batch_size,
-    )  # fmt: skip
-    return {"images": int(chosen.size), "from": "training images without any target"}
+    except DataError as exc:
+        ctx.notes.append(f"{exc}: the maps are from an all-zero feature map")
+        return None
+    ctx.reference = list(reference.maps)
+    return reference.describe()
 
 
 # ---- what to explain --------------------------------------------------------------------------

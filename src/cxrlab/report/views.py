@@ -300,7 +300,7 @@ def calibration(cal: dict) -> dict | None:
 
 
 def cam_setting(block: dict) -> str | None:
-    """'layercam at blocks.4' (+ the reference film, when used) from localization.json."""
+    """'gradcam at blocks.2' (+ the reference film, when used) from localization.json."""
     head = block.get("localization") or block.get("index") or {}
     if not head.get("method"):
         return None
