@@ -21,6 +21,7 @@ from cxrlab.errors import ModelError
 from cxrlab.predict.bundle import CARD_FILE, ONNX_FILE, WEIGHTS_FILE, export_model, load_bundle
 from cxrlab.predict.card import DEFAULT_RULE, INTENDED_USE, read_card
 from cxrlab.predict.workflow import predict_files
+from cxrlab.rundir import CAM_REFERENCE_FILE
 from cxrlab.train.engine import train_model
 from helpers_dicom import write_dicom
 from helpers_run import make_tiny_run
@@ -37,7 +38,8 @@ def _test_files(run_dir: Path, data_root: Path, n: int = 8) -> tuple[list[Path],
 
 def test_export_folder_holds_everything_a_prediction_needs(served):
     run_dir, _, export_dir = served
-    assert {p.name for p in export_dir.iterdir()} == {WEIGHTS_FILE, CARD_FILE, ONNX_FILE}
+    names = {WEIGHTS_FILE, CARD_FILE, ONNX_FILE, CAM_REFERENCE_FILE}
+    assert {p.name for p in export_dir.iterdir()} == names
     card = read_card(export_dir / CARD_FILE)
     chosen = json.loads((run_dir / "models" / "m" / "thresholds.json").read_text())["thresholds"]
     assert card.targets == SERVED_TARGETS and card.image_size == SERVED_SIZE
@@ -196,6 +198,43 @@ def test_cam_is_a_map_of_the_image_size(served):
         m.shape == (SERVED_SIZE, SERVED_SIZE) and 0 <= m.min() and m.max() <= 1 for m in maps
     )
     np.testing.assert_array_equal(predictor.predict_u8(image[None]), before)  # no trace left
+
+
+def _explain_stage_map(run_dir: Path, image: np.ndarray, k: int, reference: bool) -> np.ndarray:
+    """The explain stage's default map of `image` for class k, computed here from the run:
+    Grad-CAM at the auto layers of the change from the mean sign-free training film."""
+    from cxrlab.data.rundata import load_run_data
+    from cxrlab.explain.gradcam import gradcam, reference_activations
+    from cxrlab.models import target_layers
+    from cxrlab.models.checkpoint import load_trained
+
+    data = load_run_data(run_dir)
+    model = load_trained(data, "m", "cpu").model
+    layers = target_layers(model, SERVED_SIZE)
+    train = data.rows("train")
+    clean = train[data.labels[train].sum(axis=1) == 0]
+    films = reference_activations(model, data.images[clean], layers) if reference else None
+    return gradcam(model, image[None], [k], layer=layers, reference=films).maps[0]
+
+
+def test_cam_of_a_run_folder_and_its_export_is_the_explain_stage_default(served, tmp_path):
+    run_dir, data_root, export_dir = served
+    image = read_square_u8(next(data_root.rglob("*.png")), SERVED_SIZE)
+    from_run = load_bundle(run_dir / "models" / "m", device="cpu")
+    exported = load_bundle(export_dir, device="cpu")
+    assert from_run.cam_reference_used is None  # fetched on the first map only
+    for k in range(len(SERVED_TARGETS)):
+        want = _explain_stage_map(run_dir, image, k, reference=True)
+        np.testing.assert_allclose(from_run.cam(image, k), want, atol=1e-5)
+        np.testing.assert_allclose(exported.cam(image, k), want, atol=1e-5)
+    assert from_run.cam_reference_used and exported.cam_reference_used
+    plain = _explain_stage_map(run_dir, image, 0, reference=False)
+    assert np.abs(plain - exported.cam(image, 0)).max() > 0.05  # the reference matters here
+    older = Path(shutil.copytree(export_dir, tmp_path / "older"))
+    (older / CAM_REFERENCE_FILE).unlink()  # an export made before the reference was kept
+    old = load_bundle(older, device="cpu")
+    np.testing.assert_allclose(old.cam(image, 0), plain, atol=1e-5)
+    assert old.cam_reference_used is False
 
 
 FAMILIES = ["simple_cnn", "resnet18", "efficientnet_lite0", "efficientnet_b0", "densenet121"]

@@ -5,6 +5,8 @@
       model.json          the card: cxrlab.predict.card.ModelCard
       model.onnx          with --onnx: the same network, input "image" (B, 1, S, S) float32
                           normalised, output "logits" (B, K)
+      cam_reference.safetensors  the CAM's reference film (cxrlab.explain.reference), so
+                          that /cam and --overlays draw the explain stage's default map
 
 `load_bundle(path)` accepts that folder or RUN_DIR/models/NAME (a trained model whose card is
 built from the run's files on the fly); both give the same `Predictor` and the same card.
@@ -24,10 +26,10 @@ import torch
 from torch import nn
 
 from cxrlab.config import ExperimentConfig, build
-from cxrlab.errors import ModelError
+from cxrlab.errors import CxrError, ModelError
 from cxrlab.predict.card import ModelCard, card_from_run, read_card, weights_version
 from cxrlab.predict.predictor import Predictor, check_runtime
-from cxrlab.rundir import BEST_CKPT, ModelDir, RunDir, as_run_dir
+from cxrlab.rundir import BEST_CKPT, CAM_REFERENCE_FILE, ModelDir, RunDir, as_run_dir
 from cxrlab.runinfo import write_json
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ def export_model(
     place, so a failed export leaves nothing half-written."""
     folder = as_run_dir(run_dir).trained_model(name)
     model, card, weights = _from_run(folder, default_thresholds)
+    reference = _run_reference(folder, card)(model)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelError(f"export folder {out} exists and is not empty; choose a new --out")
@@ -61,6 +64,8 @@ def export_model(
     try:
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         write_json(tmp / CARD_FILE, card.model_dump(mode="json"))
+        if reference is not None:
+            reference.save(tmp / CAM_REFERENCE_FILE)
         if onnx:
             export_onnx(model, card.image_size, tmp / ONNX_FILE)
         if out.exists():
@@ -112,9 +117,11 @@ def load_bundle(
         card = read_card(path / CARD_FILE)
         model = _network(card, path / WEIGHTS_FILE)
         onnx = path / ONNX_FILE
+        reference = _export_reference(path / CAM_REFERENCE_FILE)
     elif ModelDir(path).is_trained():
         model, card, _ = _from_run(ModelDir(path), default_thresholds)
         onnx = None
+        reference = _run_reference(ModelDir(path), card)
         if runtime == "onnxruntime":
             raise ModelError(
                 f"{path} is a run's model folder, which has no ONNX file; export it first: "
@@ -124,8 +131,51 @@ def load_bundle(
         raise ModelError(_not_a_model(path))
     model.to(target).eval()
     return Predictor(
-        card, model, runtime=runtime, onnx_path=onnx, threads=threads, source=str(path)
+        card,
+        model,
+        runtime=runtime,
+        onnx_path=onnx,
+        threads=threads,
+        source=str(path),
+        cam_reference=reference,
     )
+
+
+def _run_reference(folder: ModelDir, card: ModelCard):
+    """model -> the run's CAM reference film for the default layer (stored or made now), or
+    None with a warning where there is none (maps from zero)."""
+
+    def fetch(model: nn.Module):
+        from cxrlab.data.rundata import load_run_data
+        from cxrlab.explain.reference import model_reference
+        from cxrlab.models import resolve_cam_layers
+
+        try:
+            data = load_run_data(folder.path.parent.parent)
+            layers = resolve_cam_layers(model, "auto", card.image_size)
+            return model_reference(
+                folder, data, model, {"mean": card.mean, "std": card.std}, layers
+            )
+        except CxrError as exc:
+            log.warning("no CAM reference film for %s (%s): maps are from zero", folder.path, exc)
+            return None
+
+    return fetch
+
+
+def _export_reference(path: Path):
+    """model -> the export folder's CAM reference film, or None with a warning (an export
+    made before cxrlab kept one: maps are from zero)."""
+
+    def fetch(_model: nn.Module):
+        from cxrlab.explain.reference import CamReference
+
+        if not path.is_file():
+            log.warning("%s not found (an older export): CAM maps are from zero", path)
+            return None
+        return CamReference.load(path)
+
+    return fetch
 
 
 def _from_run(folder: ModelDir, default_thresholds: bool) -> tuple[nn.Module, ModelCard, bytes]:

@@ -9,13 +9,21 @@ Thread safety: predictions share no mutable state (the torch model stays in eval
 `inference_mode`; an onnxruntime session may be run from several threads). Grad-CAM hooks
 and switches gradients on the model it runs, so it gets its own copy of the network, used
 under a lock; predictions never wait for it.
+
+`cam` draws the explain stage's default map: `ExplainConfig.method` with the model's reference
+film (`cxrlab.explain.reference`), fetched on the first call from `cam_reference` (a callable
+given by `predict.bundle`: the export folder's file, or the run's stored or freshly made one).
+Without a reference (an export made before it existed, a run with no sign-free training
+film) the map is from zero, and `cam_reference_used` says so.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +47,7 @@ class Predictor:
         onnx_path: Path | None = None,
         threads: int | None = None,
         source: str = "",
+        cam_reference: Callable[[nn.Module], Any] | None = None,
     ) -> None:
         self.card = card
         self.runtime = runtime
@@ -46,6 +55,8 @@ class Predictor:
         self._model = model.eval()
         self._cam_model: nn.Module | None = None
         self._cam_lock = threading.Lock()
+        self._cam_reference_source = cam_reference
+        self._cam_reference: Any = None  # a CamReference once fetched, if there is one
         self._session = (
             _onnx_session(onnx_path, model, threads) if runtime == "onnxruntime" else None
         )
@@ -87,7 +98,8 @@ class Predictor:
         return np.asarray(probs) >= self.thresholds[None, :]
 
     def cam(self, image_u8: np.ndarray, target: int) -> np.ndarray:
-        """(S, S) float32 Grad-CAM map in [0, 1] of class index `target` for one image."""
+        """(S, S) float32 CAM in [0, 1] of class index `target` for one image: the explain
+        stage's default method, layer and reference film."""
         from cxrlab.explain.gradcam import gradcam
 
         if not 0 <= target < len(self.targets):
@@ -96,10 +108,25 @@ class Predictor:
         with self._cam_lock:
             if self._cam_model is None:
                 self._cam_model = copy.deepcopy(self._model)
+                source = self._cam_reference_source
+                self._cam_reference = source(self._cam_model) if source else None
+            ref = self._cam_reference
+            layers = [self._cam_model.get_submodule(n) for n in ref.layers] if ref else None
             result = gradcam(
-                self._cam_model, image, [target], mean=self.card.mean, std=self.card.std
+                self._cam_model,
+                image,
+                [target],
+                mean=self.card.mean,
+                std=self.card.std,
+                layer=layers,
+                reference=list(ref.maps) if ref else None,
             )
         return result.maps[0]
+
+    @property
+    def cam_reference_used(self) -> bool | None:
+        """Whether `cam` maps from a reference film (None until its first call)."""
+        return None if self._cam_model is None else self._cam_reference is not None
 
     def _predict_onnx(self, images_u8: np.ndarray, batch_size: int) -> np.ndarray:
         out = []
