@@ -161,11 +161,18 @@ def demo_numbers(run_dir: Path) -> dict:
             "probe_range": [round(min(probes), 3), round(max(probes), 3)] if probes else None,
         }
     for path in sorted(run_dir.glob("reports/*/explain/localization.json")):
-        effusion = (json.loads(path.read_text()).get("per_pathology") or {}).get("Effusion")
-        if effusion and effusion.get("hit_rate") is not None:
+        scores = json.loads(path.read_text())
+        per = {
+            t: e
+            for t, e in (scores.get("per_pathology") or {}).items()
+            if e.get("hit_rate") is not None
+        }
+        if per:
             out["explain"][path.parents[1].name] = {
-                "effusion_hit_rate": round(effusion["hit_rate"], 2),
-                "random_point": round(effusion["random_point_hit_rate"], 2),
+                "cam": f"{scores.get('method')} at {scores.get('layer')}"
+                + (" with the reference film" if scores.get("reference") else ""),
+                "hit_rate": {t: round(e["hit_rate"], 2) for t, e in per.items()},
+                "random_point": {t: round(e["random_point_hit_rate"], 2) for t, e in per.items()},
             }
     return out
 
@@ -220,9 +227,12 @@ def readme_block(numbers: dict) -> str:
             f"({a['metadata_attribute']}){probe}."
         )
     for name, e in numbers.get("explain", {}).items():
+        rates = ", ".join(
+            f"{t} {hit:.2f} ({e['random_point'][t]:.2f})" for t, hit in e["hit_rate"].items()
+        )
         lines.append(
-            f"- explain ({name}, Effusion): pointing-game hit rate {e['effusion_hit_rate']:.2f} "
-            f"against {e['random_point']:.2f} for a random point."
+            f"- explain ({name}, {e['cam']}): pointing-game hit rate per finding (a random "
+            f"point's in brackets): {rates}."
         )
     return "\n".join([*lines, "", END])
 

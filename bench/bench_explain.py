@@ -5,10 +5,12 @@ exact, or a run on real boxed NIH images), every (image, pathology) pair of the 
 is positive and has a box is explained by each method of `gradcam.CAM_METHODS` at each
 candidate layer:
 
+* auto: `target_layer_names(model, S)`, the default: the deepest stages whose maps are
+  >= 14x14 and >= 7x7 at S, fused (averaged by the library; one layer where they coincide),
+* 14x14: the deepest stage >= 14x14 alone (`MIN_CAM_SIDE`),
+* 7x7: the deepest stage >= 7x7 alone (`COARSE_CAM_SIDE`; the first rule of issue 16),
 * deepest: the last feature stage (the map the head pools; the layer before issue 16),
-* auto: `target_layer_name(model, S)`, the deepest stage whose map is >= 7x7 at S,
-* finer: the stage before auto (twice its resolution),
-* fused: auto + deepest (or finer + auto where those are one layer), averaged by the library.
+* finer: the stage before the 14x14 one (twice its resolution).
 
 Each method of `gradcam.REFERENCE_METHODS` is also run with a reference film ("+ref" rows):
 `reference_activations` over the run's training images without any target finding, so the
@@ -18,7 +20,7 @@ Printed per configuration: the pointing-game hit rate of every finding with >= -
 pairs beside the random-point and centre-point baselines, the issue's target per finding
 (hit >= 2x random, and > centre where centre < 0.5), mean IoU, deletion and insertion AUC
 (`explain.faithfulness`, with a random-ranking reference per model; on --faith-pairs pairs
-per finding, at the auto and deepest layers: each curve costs 2 * steps forward images per
+per finding, at the auto and 7x7 layers: each curve costs 2 * steps forward images per
 pair) and CAM time per pair.
 All numbers of one table come from one run on one machine.
 
@@ -55,8 +57,16 @@ from cxrlab.explain.gradcam import (
     gradcam,
     reference_activations,
 )
+from cxrlab.explain.reference import sign_free_rows  # the explain stage's reference films
 from cxrlab.labels import IMAGE_INDEX
-from cxrlab.models import list_layers, stage_sides, target_layer_name
+from cxrlab.models import (
+    COARSE_CAM_SIDE,
+    MIN_CAM_SIDE,
+    list_layers,
+    stage_sides,
+    target_layer_name,
+    target_layer_names,
+)
 from cxrlab.models.checkpoint import load_trained
 from cxrlab.models.inference import to_model_input
 
@@ -89,13 +99,21 @@ def boxed_pairs(data, split: str) -> Pairs:
 
 
 def candidate_layers(model, size: int) -> dict[str, str]:
-    """kind -> layer option ('+' fuses), in the order the table shows them."""
+    """kind -> layer option ('+' fuses), in the order the table shows them; a layer option
+    already shown under an earlier kind is not repeated."""
     stages = list_layers(model)[:-1]
-    deepest, auto = target_layer_name(model), target_layer_name(model, size)
-    finer = stages[max(0, stages.index(auto) - 1)] if auto in stages else stages[-2]
-    fused = f"{auto}+{deepest}" if auto != deepest else f"{finer}+{auto}"
-    out: dict[str, str] = {"auto": auto}
-    for kind, layer in (("deepest", deepest), ("finer", finer), ("fused", fused)):
+    fine = target_layer_name(model, size, min_side=MIN_CAM_SIDE)
+    coarse = target_layer_name(model, size, min_side=COARSE_CAM_SIDE)
+    finer = stages[max(0, stages.index(fine) - 1)] if fine in stages else stages[-2]
+    kinds = (
+        ("auto", "+".join(target_layer_names(model, size))),
+        ("14x14", fine),
+        ("7x7", coarse),
+        ("deepest", target_layer_name(model)),
+        ("finer", finer),
+    )
+    out: dict[str, str] = {}
+    for kind, layer in kinds:
         if layer not in out.values():
             out[kind] = layer
     return out
@@ -120,12 +138,6 @@ def faithfulness_subset(ks: np.ndarray, per_finding: int) -> np.ndarray:
     forward images per pair, so they are read on a fixed subsample (the same for every
     configuration of a model)."""
     return np.concatenate([np.flatnonzero(ks == k)[:per_finding] for k in np.unique(ks)])
-
-
-def sign_free_rows(data) -> np.ndarray:
-    """Training rows without any target finding: the reference films."""
-    train = data.rows("train")
-    return train[data.labels[train].sum(axis=1) == 0]
 
 
 def configurations(model, size: int):
@@ -208,7 +220,7 @@ def bench_model(run_dir: str, name: str, args) -> list[dict]:
             "mean_iou": float(np.mean([summary[t]["mean_iou"] for t in findings])),
             **hit_cells(summary, findings),
         }
-        if kind in ("auto", "deepest"):
+        if kind in ("auto", "7x7"):
             c = curves(cams.maps)
             row["deletion"] = float(c.deletion_auc.mean())
             row["insertion"] = float(c.insertion_auc.mean())
@@ -422,7 +434,7 @@ def main() -> None:
         pd.DataFrame(rows).drop(columns="findings").to_csv(args.csv, index=False)
     print(
         f"deletion/insertion: {rows[0]['faith_pairs']} pairs per model ({args.faith_pairs} "
-        f"per finding), {args.steps} steps, at the auto and deepest layers"
+        f"per finding), {args.steps} steps, at the auto and 7x7 layers"
     )
     if args.films:
         film_rows = [row for name in names for row in bench_films(args.run_dir, name, args)]
