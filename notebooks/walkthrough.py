@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -189,7 +191,9 @@ analysis.figure("pca_scatter")
 
 # %% [markdown]
 # ## 7. Where does the model look? Grad-CAM
-# Grad-CAM highlights the image regions that raised a class's score. The pointing game asks
+# Grad-CAM highlights the image regions that raised a class's score, here relative to a
+# reference film (the mean over the training images without any finding), so the map shows
+# what this image adds rather than anatomy every film carries. The pointing game asks
 # whether the map's peak falls inside the drawn box, beside a random point's hit rate. The
 # gallery shows the most confident true and false positives and the missed positives.
 
