@@ -495,6 +495,89 @@ def test_explain_uses_predictions_and_thresholds_of_the_evaluate_stage(run_copy)
         explain_model(run_copy, "simple_cnn", progress=False)
 
 
+def test_the_stage_tests_the_maps_of_chosen_true_positives_against_coarse_random_maps(
+    run_copy, monkeypatch
+):
+    from cxrlab.data.rundata import load_run_data
+    from cxrlab.evaluate.predict import predictions_frame
+    from cxrlab.evaluate.thresholds import save_thresholds
+    from cxrlab.explain import faithfulness as fa
+    from cxrlab.explain.workflow import explain_model
+    from cxrlab.results import Explanation
+
+    cohort = _cohort(run_copy)
+    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
+    targets = ["Atelectasis", "Effusion"]
+    y = test[targets].to_numpy()
+    probs = np.where(y == 1, 0.6, 0.1)  # every positive is a true positive at 0.5
+    atel = np.flatnonzero(y[:, 0] == 1)
+    probs[atel, 0] = np.linspace(0.55, 0.99, atel.size)  # rising in row order
+    probs[atel[1], 0] = 0.3  # a missed positive: never chosen
+    report_dir = run_copy / "reports" / "simple_cnn" / "test"
+    report_dir.mkdir(parents=True)
+    predictions_frame(test, targets, probs).to_csv(report_dir / "predictions.csv", index=False)
+    save_thresholds(
+        {t: {"threshold": 0.5} for t in targets},
+        run_copy / "models" / "simple_cnn" / "thresholds.json",
+    )
+    calls = []
+    real = fa.deletion_insertion
+
+    def spy(model, images, classes, maps, **kwargs):
+        calls.append((np.asarray(images), np.asarray(classes), np.asarray(maps)))
+        return real(model, images, classes, maps, **kwargs)
+
+    monkeypatch.setattr(fa, "deletion_insertion", spy)
+    result = explain_model(run_copy, "simple_cnn", per_group=0, faithfulness=2, progress=False)
+    (images, ks, maps), (images_again, ks_again, noise) = calls
+    # Atelectasis: the most and the least confident true positive; Effusion (ties): the first
+    # and the last positive in row order.
+    effusion = np.flatnonzero(y[:, 1] == 1)
+    chosen = [atel[-1], atel[0], effusion[0], effusion[-1]]
+    rows = load_run_data(run_copy).rows("test")
+    np.testing.assert_array_equal(images, load_run_data(run_copy).images[rows[chosen]])
+    np.testing.assert_array_equal(images_again, images)
+    assert ks.tolist() == ks_again.tolist() == [0, 0, 1, 1]
+    # The random maps are as coarse as the CAM's finest layer (stages.0, 16x16 at 32 px).
+    np.testing.assert_array_equal(noise, fa.random_ranking(maps.shape, cells=16))
+    saved = json.loads((Path(result["out_dir"]) / "localization.json").read_text())["faithfulness"]
+    assert saved["random_cells"] == 16 and saved["steps"] == fa.DEFAULT_STEPS
+    per = saved["per_pathology"]
+    assert (per["Atelectasis"]["n"], per["Effusion"]["n"], per[fa.ALL]["n"]) == (2, 2, 4)
+    table = Explanation(Path(result["out_dir"])).faithfulness  # the API's view of the same
+    assert table.loc[fa.ALL, "deletion_gain_low"] == per[fa.ALL]["deletion_gain"]["low"]
+    assert table.loc["Effusion", "insertion_verdict"] == per["Effusion"]["insertion_verdict"]
+    assert per[fa.ALL]["deletion_verdict"] in ("better", "worse", "not shown", None)
+    calls.clear()
+    off = explain_model(run_copy, "simple_cnn", per_group=0, faithfulness=0, progress=False)
+    assert off["faithfulness"] is None and not calls
+
+
+def test_the_report_shows_faithfulness_beside_random_with_its_verdict():
+    from cxrlab.report.views import faithfulness_rows
+
+    gain = {"estimate": 0.1, "low": 0.02, "high": 0.18, "p": 0.01}
+    none = {"estimate": 0.0, "low": None, "high": None, "p": None}
+    entry = {"n": 12, "patients": 10, "deletion": 0.3, "deletion_random": 0.4,
+             "insertion": 0.5, "insertion_random": 0.5, "deletion_gain": gain,
+             "insertion_gain": none, "deletion_verdict": "better", "insertion_verdict": None,
+             "unstable": None}  # fmt: skip
+    faith = {"pairs": "up to 4 true positives per target", "definitions": {"deletion": "d"},
+             "per_pathology": {"all targets": entry}}  # fmt: skip
+    view = faithfulness_rows({"localization": {"faithfulness": faith}})
+    assert len(view["header"]) + 1 == len(view["rows"][0])  # + the pathology column
+    assert view["rows"][0][:4] == [
+        "all targets",
+        "12",
+        "0.300 (0.400)",
+        "0.100 [0.020, 0.180] better",
+    ]
+    assert view["rows"][0][5] == "0.000 [—, —] no interval"
+    assert view["pairs"] == faith["pairs"] and view["definitions"] == [("deletion", "d")]
+    assert faithfulness_rows({"localization": {"faithfulness": None}}) is None
+    assert faithfulness_rows({"localization": None}) is None
+
+
 def test_explain_named_images_covers_every_target(run_copy):
     from cxrlab.explain.workflow import explain_model
 
@@ -553,7 +636,9 @@ def test_cli_explain_prints_the_table(trained_run, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "Localization" in result.output and "Atelectasis" in result.output
-    assert (run_dir / "reports" / "simple_cnn" / "explain" / "localization.json").is_file()
+    saved = json.loads((run_dir / "reports/simple_cnn/explain/localization.json").read_text())
+    n = saved["faithfulness"]["per_pathology"]["all targets"]["n"]
+    assert f"Faithfulness ({n} true positives" in " ".join(result.output.split())
 
 
 @pytest.mark.slow
@@ -632,6 +717,99 @@ def test_deletion_and_insertion_rank_the_evidence_map_above_a_random_one():
     assert good.insertion_auc[0] > bad.insertion_auc[0]
     with pytest.raises(DataError, match="steps=0 should be >= 1"):
         fa.deletion_insertion(model, image, [0], evidence, mean=(0.0,), std=(1.0,), steps=0)
+
+
+def test_a_curve_pair_costs_two_forward_images_per_step(monkeypatch):
+    """The image and its blur end both curves: they are read once, so 2 * steps images."""
+    from cxrlab.explain import faithfulness as fa
+
+    seen = []
+    real = fa.predict_images
+    monkeypatch.setattr(
+        fa, "predict_images", lambda m, x, *a, **k: seen.append(len(x)) or real(m, x, *a, **k)
+    )
+    images = np.random.default_rng(0).integers(0, 255, (3, 8, 8), dtype=np.uint8)
+    maps = fa.random_ranking(images.shape)
+    curves = fa.deletion_insertion(_BoxEvidence().eval(), images, [0, 0, 0], maps,
+                                   mean=(0.0,), std=(1.0,), steps=4, batch_size=64)  # fmt: skip
+    assert sum(seen) == 3 * 2 * 4 and curves.insertion.shape == (3, 5)
+
+
+def test_true_positives_for_the_curves_are_spread_over_their_probabilities():
+    from cxrlab.explain.faithfulness import true_positive_picks
+
+    y = np.array([1, 1, 0, 1, 1, 1])
+    p = np.array([0.9, 0.2, 0.95, 0.6, 0.7, 0.4])  # true positives at 0.5: rows 0, 3, 4
+    assert true_positive_picks(y, p, 0.5, 2).tolist() == [0, 3]  # most and least confident
+    assert true_positive_picks(y, p, 0.5, 1).tolist() == [0]
+    assert true_positive_picks(y, p, 0.5, 5).tolist() == [0, 4, 3]
+    assert true_positive_picks(y, p, 0.5, 0).tolist() == []
+    assert true_positive_picks(y, p, 0.99, 3).tolist() == []
+
+
+def _flat_curves(deletion_auc, insertion_auc):
+    """Curves whose areas are the given values (flat over fractions 0 and 1)."""
+    from cxrlab.explain.faithfulness import Curves
+
+    d, i = np.asarray(deletion_auc, np.float32), np.asarray(insertion_auc, np.float32)
+    return Curves(np.array([0.0, 1.0]), np.c_[d, d], np.c_[i, i])
+
+
+def test_faithfulness_reads_the_gain_over_random_per_patient_with_a_t_interval():
+    from cxrlab.explain.faithfulness import ALL, faithfulness_table
+
+    # Pairs: class A of patients a, a; class B of patients b, c.
+    # Deletion gains (random - map) 0.2, 0.4, 0.3, 0.25; insertion gains -0.1, -0.1, -0.2, -0.1.
+    cam = _flat_curves([0.3, 0.1, 0.2, 0.25], [0.4, 0.4, 0.3, 0.4])
+    chance = _flat_curves([0.5] * 4, [0.5] * 4)
+    table = faithfulness_table(cam, chance, [0, 0, 1, 1], ["A", "B"], ["a", "a", "b", "c"])
+    every = table[ALL]
+    assert (every["n"], every["patients"]) == (4, 3)
+    assert every["deletion"] == pytest.approx(0.2125) and every["deletion_random"] == 0.5
+    # Per patient 0.3, 0.25, 0.3 -> mean 0.28333, sd 0.028868, t(0.975, 2) = 4.302653.
+    gain = every["deletion_gain"]
+    assert gain["estimate"] == pytest.approx(0.283333, abs=1e-6)
+    assert (gain["low"], gain["high"]) == pytest.approx((0.211622, 0.355045), abs=1e-5)
+    assert every["deletion_verdict"] == "better"
+    # Insertion per patient -0.1, -0.2, -0.1: [-0.2768, 0.0101] includes 0.
+    assert every["insertion_gain"]["high"] == pytest.approx(0.010088, abs=1e-5)
+    assert every["insertion_verdict"] == "not shown"
+    assert every["unstable"] == "unstable: pairs = 4 < 10"
+    # One patient: no interval, no verdict. Two patients that agree (0.3, 0.25): t = 11 on one
+    # degree of freedom (a Cauchy law), p = 1 - 2 atan(11) / pi = 0.058 > 0.05: no verdict.
+    assert table["A"]["deletion_gain"]["low"] is None and table["A"]["deletion_verdict"] is None
+    assert table["B"]["deletion_gain"]["p"] == pytest.approx(
+        1 - 2 * math.atan(11) / math.pi, abs=1e-6
+    )
+    assert table["B"]["deletion_verdict"] == "not shown"
+
+
+def test_per_target_verdicts_are_holm_adjusted_across_targets():
+    from cxrlab.explain.faithfulness import ALL, faithfulness_table
+
+    # Five patients a target, one pair each; deletion gains with t-test p = 0.034 and 0.035:
+    # each "better" alone, neither after Holm (the smaller p times 2 = 0.069 > 0.05).
+    gains = np.r_[[0.1, 0.3, 0.0, 0.25, 0.2], [0.12, 0.3, 0.0, 0.25, 0.15]]
+    cam, chance = _flat_curves(0.5 - gains, [0.5] * 10), _flat_curves([0.5] * 10, [0.5] * 10)
+    table = faithfulness_table(cam, chance, [0] * 5 + [1] * 5, ["A", "B"], np.arange(10))
+    p_a, p_b = table["A"]["deletion_gain"]["p"], table["B"]["deletion_gain"]["p"]
+    assert p_a == pytest.approx(0.034289, abs=1e-5) and p_b == pytest.approx(0.035198, abs=1e-5)
+    assert table["A"]["deletion_verdict"] == table["B"]["deletion_verdict"] == "not shown"
+    assert table[ALL]["deletion_verdict"] == "better"  # ten patients together: one test
+    assert table["A"]["insertion_verdict"] is None  # no spread (all gains 0): no interval
+
+
+def test_a_random_map_on_a_grid_is_as_coarse_as_the_cam_it_stands_beside():
+    from cxrlab.explain.faithfulness import random_ranking
+
+    coarse = random_ranking((2, 112, 112), seed=3, cells=14)
+    fine = random_ranking((2, 112, 112), seed=3)
+    assert coarse.shape == fine.shape == (2, 112, 112)
+    assert 0 <= coarse.min() and coarse.max() <= 1
+    step = lambda m: np.abs(np.diff(m, axis=-1)).mean()  # noqa: E731
+    assert step(fine) > 0.3 and step(coarse) < 0.05  # pixel noise vs patches of ~8 px
+    np.testing.assert_array_equal(coarse, random_ranking((2, 112, 112), seed=3, cells=14))
+    assert not np.array_equal(coarse, random_ranking((2, 112, 112), seed=4, cells=14))
 
 
 def test_explain_records_the_method_and_layer_it_used(run_copy):

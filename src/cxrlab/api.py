@@ -393,6 +393,7 @@ def explain(
     per_group: int = _EXPLAIN.per_group,
     tolerance: float = _EXPLAIN.tolerance,
     cam_threshold: float = _EXPLAIN.cam_threshold,
+    faithfulness: int = _EXPLAIN.faithfulness,
     method: CamMethod = _EXPLAIN.method,
     layer: str = _EXPLAIN.layer,
     reference: bool = _EXPLAIN.reference,
@@ -407,6 +408,8 @@ def explain(
         of the split's gallery of top true/false positives and missed positives.
     reference: maps of the change from the mean training film without any target finding
         (the default; methods gradcam, hirescam and layercam, the others run without it).
+    faithfulness: true positives per target whose maps get deletion and insertion curves
+        against random maps (`explain.faithfulness`; 0: none).
     """
     from cxrlab.explain.workflow import explain_model
 

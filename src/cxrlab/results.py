@@ -403,6 +403,17 @@ class Explanation(_Figures):
         return pd.DataFrame.from_dict(per, orient="index").rename_axis("pathology")
 
     @property
+    def faithfulness(self):
+        """Per pathology and over all targets: deletion and insertion AUC of the maps beside
+        random maps, each gain with its CI (`deletion_gain_low`, ...) and verdict; no rows
+        when the stage ran with faithfulness=0."""
+        import pandas as pd
+
+        per = (self.result.get("faithfulness") or {}).get("per_pathology") or {}
+        table = pd.json_normalize(list(per.values()), sep="_")
+        return table.set_axis(list(per), axis=0).rename_axis("pathology")
+
+    @property
     def notes(self) -> list[str]:
         return list(self.result.get("notes", []))
 

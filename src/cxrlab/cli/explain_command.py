@@ -38,6 +38,12 @@ def explain_command(
     cam_threshold: float = from_config(
         ExplainConfig, "cam_threshold", help="IoU: the map region >= this share of its peak."
     ),
+    faithfulness: int = from_config(
+        ExplainConfig,
+        "faithfulness",
+        help="True positives per target whose maps get deletion/insertion curves against "
+        "random maps (0: none).",
+    ),
     method: CamMethod = from_config(
         ExplainConfig, "method", help="CAM method (pytorch-grad-cam); see docs/benchmarks.md."
     ),
@@ -66,6 +72,8 @@ def explain_command(
     options = section_from(ExplainConfig, locals(), "explain options")
     result = explain_model(run_dir, model, options, images=images, progress=progress)
     console.print(localization_table(result))
+    if result.get("faithfulness"):
+        console.print(faithfulness_line(result["faithfulness"]), highlight=False)
     for note in result["notes"]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(
@@ -105,6 +113,22 @@ def localization_table(result: dict) -> Table:
             ),
         )
     return table
+
+
+def faithfulness_line(faith: dict) -> str:
+    """One line: the maps' deletion and insertion over all targets, beside random maps."""
+    from cxrlab.explain.faithfulness import ALL
+
+    e = faith["per_pathology"][ALL]
+    parts = []
+    for curve in ("deletion", "insertion"):
+        ci = e[f"{curve}_gain"]
+        interval = "" if ci["low"] is None else f" [{ci['low']:.3f}, {ci['high']:.3f}]"
+        parts.append(
+            f"{curve} {e[curve]:.3f} vs random {e[f'{curve}_random']:.3f}, gain "
+            f"{ci['estimate']:.3f}{interval} {e[f'{curve}_verdict'] or 'no interval'}"
+        )
+    return f"Faithfulness ({e['n']} true positives, {e['patients']} patients): " + "; ".join(parts)
 
 
 def _rate(value: float | None) -> str:

@@ -13,6 +13,7 @@ sheets are drawn on a `matplotlib.figure.Figure` (no pyplot, no global backend).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -167,3 +168,19 @@ def caption(image: str, prob: float, hit: bool | None = None, iou: float | None 
     if hit is not None and iou is not None and not math.isnan(iou):
         text += f"  {'hit' if hit else 'miss'}  IoU {iou:.2f}"
     return text
+
+
+def remove_indexed_pngs(index: Path, run_dir: Path) -> None:
+    """Delete the PNGs that an earlier run listed in `index` (its explain.json, paths relative
+    to `run_dir`) inside index's folder, so no stale overlay survives."""
+    out_dir = index.parent
+    if not index.is_file():
+        return
+    try:
+        old = json.loads(index.read_text())
+    except ValueError:
+        return
+    for entry in old.get("entries", []):
+        png = (run_dir / entry.get("png", "")).resolve()
+        if png.suffix == ".png" and png.is_relative_to(out_dir.resolve()) and png.is_file():
+            png.unlink()

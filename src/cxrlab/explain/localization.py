@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxrlab.errors import DataError
+from cxrlab.labels import IMAGE_INDEX
 
 DEFAULT_TOLERANCE_PX = 0
 DEFAULT_CAM_THRESHOLD = 0.5
@@ -197,3 +199,20 @@ def scores_frame(scores: Sequence[PairScore]) -> pd.DataFrame:
     """One row per scored pair (the columns of `PairScore`), for localization.csv."""
     columns = list(PairScore.__dataclass_fields__)
     return pd.DataFrame([asdict(s) for s in scores], columns=columns)
+
+
+def read_boxes(path: Path, targets: Sequence[str], notes: list[str]) -> dict:
+    """(image, pathology) -> (M, 4) boxes of the `targets` in [0, 1] from boxes.csv; {} with a
+    note in `notes` where the file is missing (nothing to score against)."""
+    if not path.is_file():
+        notes.append(f"{path} not found: nothing to score localization against")
+        return {}
+    frame = pd.read_csv(path, dtype={IMAGE_INDEX: str, "label": str})
+    missing = [c for c in (IMAGE_INDEX, "label", *BOX_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing}; it has {list(frame.columns)}")
+    frame = frame[frame["label"].isin(set(targets))]
+    return {
+        (image, label): boxes_in_pixels(part, 1)  # normalised; times S when used
+        for (image, label), part in frame.groupby([IMAGE_INDEX, "label"], sort=False)
+    }

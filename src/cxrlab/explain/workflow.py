@@ -9,7 +9,9 @@ Two modes, both writing under `RUN_DIR/reports/<name>/explain/`:
   the target and has a box of it. Files: `<Pathology>/<group>_<rank>_<image>.png`
   (X-ray with boxes | Grad-CAM overlay), `<Pathology>_gallery.png` (contact sheet),
   `explain.json` (index), `localization.json`, `localization.csv` (per pathology) and
-  `localization_pairs.csv` (per scored image and pathology).
+  `localization_pairs.csv` (per scored image and pathology). With `faithfulness` > 0,
+  localization.json also holds deletion/insertion curves (`explain.faithfulness`) of the maps
+  of that many true positives per target, beside random maps: boxes are not needed.
 * images (`images=[ids]`): every target for each named image, into `explain/images/`
   (`<image>/<Pathology>.png`, same index files), so the split's gallery is not overwritten.
 
@@ -19,7 +21,6 @@ Boxes of pathologies that are not targets of the model are ignored. Zero scorabl
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,12 +36,12 @@ from tqdm.auto import tqdm
 from cxrlab.config import ExplainConfig, with_overrides
 from cxrlab.data.rundata import RunData, load_run_data
 from cxrlab.errors import DataError, EvaluationError
+from cxrlab.explain import faithfulness as fa
 from cxrlab.explain import gallery as gal
 from cxrlab.explain import localization as loc
 from cxrlab.explain.gradcam import REFERENCE_METHODS, gradcam
 from cxrlab.explain.reference import model_reference
-from cxrlab.labels import IMAGE_INDEX
-from cxrlab.models import resolve_cam_layers
+from cxrlab.models import resolve_cam_layers, stage_sides
 from cxrlab.rundir import EXPLAIN_INDEX, LOCALIZATION_FILE
 from cxrlab.runinfo import write_atomic, write_json
 
@@ -76,9 +77,11 @@ class _Jobs:
     show: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)
     score: set[tuple[int, int]] = field(default_factory=set)
     prob: dict[tuple[int, int], float] = field(default_factory=dict)  # from predictions
+    faith: list[tuple[int, int]] = field(default_factory=list)  # deletion/insertion curves
+    maps: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # kept: faith pairs
 
     def pairs(self) -> list[tuple[int, int]]:
-        return sorted(set(self.show) | self.score, key=lambda rk: (rk[1], rk[0]))
+        return sorted(set(self.show) | self.score | set(self.faith), key=lambda rk: (rk[1], rk[0]))
 
 
 def explain_model(
@@ -111,8 +114,10 @@ def explain_model(
         source = "model forward pass of the Grad-CAM run"
     else:
         jobs, thresholds, source = _gallery_jobs(ctx, split, per_group, batch_size, progress)
+        _faith_jobs(ctx, jobs, split, thresholds, options.faithfulness)
     scores, entries, tiles = _run_jobs(ctx, jobs, thresholds, batch_size, progress)
     summary = loc.summarize(scores, ctx.data.targets)
+    faith = _faithfulness(ctx, jobs, options.faithfulness) if jobs.faith else None
     settings = {
         "mode": "images" if wanted else "gallery",
         "split": None if wanted else split,
@@ -125,7 +130,7 @@ def explain_model(
         "tolerance_px": tolerance_px,
         "cam_threshold": cam_threshold,
     }
-    files = _write_outputs(ctx, settings, entries, scores, summary)
+    files = _write_outputs(ctx, settings, entries, scores, summary, faith)
     if not wanted:
         files += _write_sheets(ctx, tiles, split, per_group)
     if not scores:
@@ -140,6 +145,7 @@ def explain_model(
         "n_overlays": len(entries),
         "n_scored": len(scores),
         "localization": summary,
+        "faithfulness": faith,
         "notes": ctx.notes,
     }
 
@@ -169,23 +175,8 @@ def _load_context(run_dir: Path, name: str, subdir: str | None, device: str) -> 
         {},
         out_dir / subdir if subdir else out_dir,
     )
-    ctx.boxes = _read_boxes(data.paths.boxes, data.targets, ctx.notes)
+    ctx.boxes = loc.read_boxes(data.paths.boxes, data.targets, ctx.notes)
     return ctx
-
-
-def _read_boxes(path: Path, targets: Sequence[str], notes: list[str]) -> dict:
-    if not path.is_file():
-        notes.append(f"{path} not found: nothing to score localization against")
-        return {}
-    frame = pd.read_csv(path, dtype={IMAGE_INDEX: str, "label": str})
-    missing = [c for c in (IMAGE_INDEX, "label", *loc.BOX_COLUMNS) if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path} lacks column(s) {missing}; it has {list(frame.columns)}")
-    frame = frame[frame["label"].isin(set(targets))]
-    return {
-        (image, label): loc.boxes_in_pixels(part, 1)  # normalised; times S when used
-        for (image, label), part in frame.groupby([IMAGE_INDEX, "label"], sort=False)
-    }
 
 
 def _reference(ctx: _Context, batch_size: int) -> dict | None:
@@ -249,6 +240,45 @@ def _gallery_jobs(ctx: _Context, split: str, per_group: int, batch_size: int, pr
     return jobs, thresholds, source
 
 
+def _faith_jobs(ctx: _Context, jobs: _Jobs, split: str, thresholds: dict, per_target: int):
+    """Add the true positives whose maps get deletion/insertion curves
+    (`fa.true_positive_picks`)."""
+    rows = ctx.data.rows(split)
+    for k, target in enumerate(ctx.data.targets):
+        probs = np.array([jobs.prob[(int(r), k)] for r in rows])
+        picks = fa.true_positive_picks(
+            ctx.data.labels[rows, k], probs, thresholds[target], per_target
+        )
+        jobs.faith += [(int(rows[i]), k) for i in picks]
+
+
+def _faithfulness(ctx: _Context, jobs: _Jobs, per_target: int) -> dict:
+    """Deletion and insertion curves of the kept maps and of random maps, summarised."""
+    rows, ks = np.array(jobs.faith).T  # (P,) each
+    return fa.score_maps(
+        ctx.model,
+        ctx.data.images[rows],
+        ks,
+        np.stack([jobs.maps[pair] for pair in jobs.faith]),
+        mean=ctx.info["mean"],
+        std=ctx.info["std"],
+        targets=ctx.data.targets,
+        patients=ctx.data.patient_ids[rows],
+        cells=_finest_side(ctx),
+        chosen=f"up to {per_target} true positives per target, evenly spaced by probability",
+    )
+
+
+def _finest_side(ctx: _Context) -> int | None:
+    """Side of the finest hooked map, so the random maps are as coarse as the CAM's: from the
+    reference film, else from `feature_info`; None (noise per pixel) for a layer it lacks."""
+    if ctx.reference:
+        return max(int(m.shape[-1]) for m in ctx.reference)
+    sides = stage_sides(ctx.model, ctx.data.image_size)
+    known = [sides[name] for name in ctx.layers if name in sides]
+    return max(known) if known else None
+
+
 def _split_probabilities(ctx: _Context, split: str, rows, batch_size: int, progress: bool):
     """(len(rows), K) probabilities: the evaluate stage's predictions, else a forward pass."""
     from cxrlab.evaluate.metrics import read_predictions
@@ -296,7 +326,7 @@ def _run_jobs(ctx: _Context, jobs: _Jobs, thresholds: dict, batch_size: int, pro
     scores: list[loc.PairScore] = []
     entries: list[dict] = []
     tiles: dict[str, list[gal.Tile]] = defaultdict(list)
-    _remove_previous(ctx.out_dir, ctx.run_dir)
+    gal.remove_indexed_pngs(ctx.out_dir / EXPLAIN_INDEX, ctx.run_dir)
     chunks = range(0, len(pairs), batch_size)
     for start in tqdm(chunks, desc="grad-cam", disable=not progress, unit="batch"):
         chunk = pairs[start : start + batch_size]
@@ -316,6 +346,8 @@ def _run_jobs(ctx: _Context, jobs: _Jobs, thresholds: dict, batch_size: int, pro
             score = _score(ctx, row, k, cams.maps[i])
             if (row, k) in jobs.score:
                 scores.append(score)
+            if (row, k) in jobs.faith:
+                jobs.maps[(row, k)] = cams.maps[i]
             if (row, k) in jobs.show:
                 prob = jobs.prob.get((row, k), float(cams.probs[i, k]))
                 entry, tile = _render(ctx, row, k, cams.maps[i], score, *jobs.show[(row, k)], prob)
@@ -377,23 +409,8 @@ def _render(ctx: _Context, row, k, cam, score, group: str, rank: int, prob: floa
     return entry, gal.Tile(group, marked, gal.caption(image, prob, hit, iou), rank)
 
 
-def _remove_previous(out_dir: Path, run_dir: Path) -> None:
-    """Delete the PNGs an earlier run indexed here, so no stale overlay survives."""
-    index = out_dir / EXPLAIN_INDEX
-    if not index.is_file():
-        return
-    try:
-        old = json.loads(index.read_text())
-    except ValueError:
-        return
-    for entry in old.get("entries", []):
-        png = (run_dir / entry.get("png", "")).resolve()
-        if png.suffix == ".png" and png.is_relative_to(out_dir.resolve()) and png.is_file():
-            png.unlink()
-
-
 # ---- writing ----------------------------------------------------------------------------------
-def _write_outputs(ctx: _Context, settings: dict, entries, scores, summary) -> list[Path]:
+def _write_outputs(ctx: _Context, settings: dict, entries, scores, summary, faith) -> list[Path]:
     head = {
         "model": ctx.name,
         "checkpoint": str(Path(ctx.info["path"]).relative_to(ctx.run_dir)),
@@ -406,7 +423,13 @@ def _write_outputs(ctx: _Context, settings: dict, entries, scores, summary) -> l
         write_json(out / EXPLAIN_INDEX, {**head, "entries": entries, "notes": ctx.notes}),
         write_json(
             out / LOCALIZATION_FILE,
-            {**head, "definitions": loc.DEFINITIONS, "per_pathology": summary, "notes": ctx.notes},
+            {
+                **head,
+                "definitions": loc.DEFINITIONS,
+                "per_pathology": summary,
+                "faithfulness": faith,
+                "notes": ctx.notes,
+            },
         ),
         write_atomic(out / "localization.csv", table.reset_index().to_csv(index=False)),
         write_atomic(out / "localization_pairs.csv", loc.scores_frame(scores).to_csv(index=False)),

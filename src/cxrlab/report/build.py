@@ -426,6 +426,7 @@ class Page:
                 {
                     "name": name,
                     "localization": views.localization_rows(block),
+                    "faithfulness": views.faithfulness_rows(block),
                     "cam": views.cam_setting(block),
                     "notes": views.explain_notes(block),
                     "gallery": gallery,

@@ -179,6 +179,42 @@ def localization_rows(block: dict) -> dict | None:
     }
 
 
+#: localization.json faithfulness fields shown per pathology, with their column titles.
+FAITHFULNESS_TITLES = {
+    "n": "pairs",
+    "deletion": "deletion AUC (random) ↓",
+    "deletion_gain": "deletion gain [95% CI]",
+    "insertion": "insertion AUC (random) ↑",
+    "insertion_gain": "insertion gain [95% CI]",
+}
+
+
+def faithfulness_rows(block: dict) -> dict | None:
+    """localization.json's deletion/insertion summary: the map beside a random ranking, the
+    gain over random with its interval and verdict, per pathology and over all targets."""
+    faith = (block.get("localization") or {}).get("faithfulness")
+    per = faith.get("per_pathology") if isinstance(faith, Mapping) else None
+    if not per:
+        return None
+    rows = []
+    for name, e in per.items():
+        row = [name, str(e["n"])]
+        for curve in ("deletion", "insertion"):
+            ci, verdict = e[f"{curve}_gain"], e.get(f"{curve}_verdict") or "no interval"
+            row += [
+                f"{show(e[curve])} ({show(e[f'{curve}_random'])})",
+                f"{show(ci['estimate'])} [{show(ci['low'])}, {show(ci['high'])}] {verdict}",
+            ]
+        rows.append(row + [e.get("unstable") or ""])
+    definitions = faith.get("definitions") or {}
+    return {
+        "header": [*FAITHFULNESS_TITLES.values(), ""],
+        "rows": rows,
+        "pairs": faith.get("pairs"),
+        "definitions": list(definitions.items()),
+    }
+
+
 def explain_notes(block: dict) -> list[str]:
     """Notes of explain.json and localization.json, and per-pathology notes (e.g. no boxes)."""
     notes = []
