@@ -173,6 +173,7 @@ def demo_numbers(run_dir: Path) -> dict:
                 + (" with the reference film" if scores.get("reference") else ""),
                 "hit_rate": {t: round(e["hit_rate"], 2) for t, e in per.items()},
                 "random_point": {t: round(e["random_point_hit_rate"], 2) for t, e in per.items()},
+                "faithfulness": faithfulness_numbers(scores.get("faithfulness")),
             }
     return out
 
@@ -181,6 +182,24 @@ def _fmt_ci(values: list, signed: bool = False) -> str:
     f = "{:+.3f}" if signed else "{:.3f}"
     est, low, high = values
     return f.format(est) if low is None else f"{f.format(est)} [{f.format(low)}, {f.format(high)}]"
+
+
+def faithfulness_numbers(faith: dict | None) -> dict | None:
+    """localization.json's deletion/insertion over all targets: the map, random, verdict."""
+    every = ((faith or {}).get("per_pathology") or {}).get("all targets")
+    if not every:
+        return None
+    return {
+        "pairs": every["n"],
+        **{
+            curve: {
+                "map": round(every[curve], 3),
+                "random": round(every[f"{curve}_random"], 3),
+                "verdict": every[f"{curve}_verdict"],
+            }
+            for curve in ("deletion", "insertion")
+        },
+    }
 
 
 def readme_block(numbers: dict) -> str:
@@ -230,9 +249,20 @@ def readme_block(numbers: dict) -> str:
         rates = ", ".join(
             f"{t} {hit:.2f} ({e['random_point'][t]:.2f})" for t, hit in e["hit_rate"].items()
         )
+        faith = e.get("faithfulness")
+        verdicts = (
+            ""
+            if not faith
+            else " Deletion / insertion AUC on "
+            f"{faith['pairs']} true positives: {faith['deletion']['map']:.3f} / "
+            f"{faith['insertion']['map']:.3f} (random map {faith['deletion']['random']:.3f} / "
+            f"{faith['insertion']['random']:.3f}); against random, deletion "
+            f"{faith['deletion']['verdict'] or 'no interval'}, insertion "
+            f"{faith['insertion']['verdict'] or 'no interval'}."
+        )
         lines.append(
             f"- explain ({name}, {e['cam']}): pointing-game hit rate per finding (a random "
-            f"point's in brackets): {rates}."
+            f"point's in brackets): {rates}.{verdicts}"
         )
     return "\n".join([*lines, "", END])
 

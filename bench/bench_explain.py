@@ -19,9 +19,10 @@ map weights the activations' change from an average sign-free film.
 Printed per configuration: the pointing-game hit rate of every finding with >= --min-boxes
 pairs beside the random-point and centre-point baselines, the issue's target per finding
 (hit >= 2x random, and > centre where centre < 0.5), mean IoU, deletion and insertion AUC
-(`explain.faithfulness`, with a random-ranking reference per model; on --faith-pairs pairs
-per finding, at the auto and 7x7 layers: each curve costs 2 * steps forward images per
-pair) and CAM time per pair.
+(`explain.faithfulness`, with random-ranking references per model: noise per pixel and on
+grids as coarse as the default layers' maps, the reference the explain stage uses; on
+--faith-pairs pairs per finding, at the auto and 7x7 layers: each curve costs 2 * steps
+forward images per pair) and CAM time per pair.
 All numbers of one table come from one run on one machine.
 
 `--films N` (synthetic runs only) adds a second table on N freshly drawn films per finding,
@@ -177,18 +178,23 @@ def bench_model(run_dir: str, name: str, args) -> list[dict]:
             model, images[sub], pairs.ks[sub], maps[sub], mean=mean, std=std, steps=args.steps
         )
 
-    chance = curves(fa.random_ranking(images.shape))
-    rows = [
-        {
-            "model": name,
-            "method": "random ranking",
-            "kind": "reference",
-            "layer": "-",
-            "side": "-",
-            "deletion": float(chance.deletion_auc.mean()),
-            "insertion": float(chance.insertion_auc.mean()),
-        }
-    ]
+    rows = []
+    sides = stage_sides(model, size)
+    grids = sorted({sides[n] for n in target_layer_names(model, size) if n in sides}, reverse=True)
+    for cells in (None, *grids):  # per pixel, then as coarse as each default layer's map
+        chance = curves(fa.random_ranking(images.shape, cells=cells))
+        rows.append(
+            {
+                "model": name,
+                "method": "random ranking, "
+                + ("per pixel" if cells is None else f"{cells}x{cells} grid"),
+                "kind": "reference",
+                "layer": "-",
+                "side": "-",
+                "deletion": float(chance.deletion_auc.mean()),
+                "insertion": float(chance.insertion_auc.mean()),
+            }
+        )
     normal = np.asarray(data.images[sign_free_rows(data)])
     references: dict[str, list[np.ndarray]] = {}
     for kind, layer, method, use_ref in configurations(model, size):
