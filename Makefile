@@ -37,7 +37,7 @@ lint: $(VENV)/.installed-test
 
 # After editing notebooks/walkthrough.py: rewrite the paired .ipynb (stored without outputs).
 notebook: $(VENV)/.installed-test
-	$(BIN)/jupytext --to ipynb notebooks/walkthrough.py -o notebooks/walkthrough.ipynb
+	$(BIN)/jupytext --update --to ipynb notebooks/walkthrough.py -o notebooks/walkthrough.ipynb
 
 clean:
 	rm -rf demo-run .pytest_cache build dist src/*.egg-info

@@ -201,6 +201,17 @@ analysis.figure("pca_scatter")
 explanation = cxrlab.explain(run, "simple_cnn", per_group=2, device=DEVICE, progress=False)
 explanation.localization[["n", "hit_rate", "random_point_hit_rate", "mean_iou"]]
 
+# %% [markdown]
+# Pointing at the box is not the same as driving the call. Deletion blurs the map's top
+# pixels step by step (the probability should fall fast: low area); insertion restores them
+# into a blurred film (it should rise fast: high area); both beside a random map as coarse as
+# the CAM, on a few true positives per finding. The verdict needs the 95% interval over
+# patients to exclude zero, so a handful of images says "not shown".
+
+# %%
+curves = ["deletion", "deletion_random", "deletion_verdict"]
+explanation.faithfulness[["n", *curves, *(c.replace("deletion", "insertion") for c in curves)]]
+
 # %%
 explanation.figure("Effusion")
 

@@ -23,11 +23,11 @@ def test_the_notebook_is_the_paired_script_and_holds_no_outputs():
     stored = nbformat.read(NOTEBOOK, as_version=4)
     assert _sources(stored) == _sources(jupytext.read(PAIRED)), (
         "notebooks/walkthrough.ipynb and .py differ: run "
-        "`jupytext --sync notebooks/walkthrough.py` (or --to ipynb) and commit both"
+        "`make notebook` (jupytext --update keeps the cell ids) and commit both"
     )
     code = [cell for cell in stored.cells if cell.cell_type == "code"]
     assert code and all(not c.outputs and c.execution_count is None for c in code), (
-        "strip the outputs before committing: jupytext --to ipynb notebooks/walkthrough.py"
+        "strip the outputs before committing: make notebook"
     )
 
 
