@@ -150,6 +150,16 @@ def test_paired_p_at_its_floor_is_printed_as_a_bound():
 
 def test_holm_matches_hand_computation():
     assert holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
+    assert holm([0.5, 0.4]) == [0.8, 0.8] and holm([None]) == [None] and holm([]) == []
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 14])
+def test_holm_matches_statsmodels(m):
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(m)
+    p = np.r_[rng.random(m) ** 3, [0.02] * (m // 2)]  # small ones, ties, some above 1 / m
+    assert holm(list(p)) == pytest.approx(list(multipletests(p, method="holm")[1]), abs=1e-15)
 
 
 # ---- finding 4: intervals for proportions that cannot collapse; unstable marks -----------
