@@ -4,7 +4,7 @@ The default CAM (`ExplainConfig`: Grad-CAM with a reference) maps the change of 
 layers' activations from their mean over the run's training images without any target
 finding ("sign-free films"), not from an all-zero map: the evidence this image adds, not the
 anatomy every film carries (docs/benchmarks.md, issue 16). The explain stage, `cxrlab
-predict --overlays`, `cxrlab serve`'s /cam and an exported model must draw the same map for
+predict --cam`, `cxrlab serve`'s /v1/cam and an exported model must draw the same map for
 the same image, so the reference is one artifact:
 
     RUN_DIR/models/<name>/cam_reference.safetensors   (made on first use, reused)

@@ -6,7 +6,7 @@
       model.onnx          with --onnx: the same network, input "image" (B, 1, S, S) float32
                           normalised, output "logits" (B, K)
       cam_reference.safetensors  the CAM's reference film (cxrlab.explain.reference), so
-                          that /cam and --overlays draw the explain stage's default map
+                          that /v1/cam and predict --cam draw the explain stage's default map
 
 `load_bundle(path)` accepts that folder or RUN_DIR/models/NAME (a trained model whose card is
 built from the run's files on the fly); both give the same `Predictor` and the same card.

@@ -179,14 +179,15 @@ def localization_rows(block: dict) -> dict | None:
     }
 
 
-#: localization.json faithfulness fields shown per pathology, with their column titles.
-FAITHFULNESS_TITLES = {
-    "n": "pairs",
-    "deletion": "deletion AUC (random) ↓",
-    "deletion_gain": "deletion gain [95% CI]",
-    "insertion": "insertion AUC (random) ↑",
-    "insertion_gain": "insertion gain [95% CI]",
-}
+#: Column titles of `faithfulness_rows`, after the pathology's.
+FAITHFULNESS_HEADER = (
+    "pairs",
+    "deletion AUC (random) ↓",
+    "deletion gain [95% CI]",
+    "insertion AUC (random) ↑",
+    "insertion gain [95% CI]",
+    "",  # unstable mark
+)
 
 
 def faithfulness_rows(block: dict) -> dict | None:
@@ -208,7 +209,7 @@ def faithfulness_rows(block: dict) -> dict | None:
         rows.append(row + [e.get("unstable") or ""])
     definitions = faith.get("definitions") or {}
     return {
-        "header": [*FAITHFULNESS_TITLES.values(), ""],
+        "header": list(FAITHFULNESS_HEADER),
         "rows": rows,
         "pairs": faith.get("pairs"),
         "definitions": list(definitions.items()),
